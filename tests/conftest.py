@@ -1,0 +1,182 @@
+"""Real services for the tests: a fresh PostgreSQL database per session (dropped after) and
+a Mosquitto broker of our own on a free port (or the one on 127.0.0.1:1883 if the
+`mosquitto` executable is missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from vigie.config import Config, parse_config
+
+PG_ADMIN_DSN = os.environ.get("VIGIE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+class Mosquitto:
+    """A Mosquitto broker owned by the tests, with the settings vigie's README recommends."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            # The default (1000) drops QoS 1 messages queued for a slow subscriber.
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 0\n"
+            f"{self.extra}\n"
+        )
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if shutil.which("mosquitto") is None:
+        wait_port("127.0.0.1", 1883)
+        yield "mqtt://127.0.0.1:1883"
+        return
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker.url
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+async def pg_dsn() -> AsyncIterator[str]:
+    """A database of its own for this test session, dropped at the end."""
+    name = f"vigie_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def fresh_dsn(pg_dsn: str) -> AsyncIterator[str]:
+    """A database of its own for one test (migrations, isolation-sensitive tests)."""
+    name = f"vigie_t_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+SITES: list[dict[str, Any]] = [
+    {
+        "id": "clg-jean-moulin", "name": "Collège Jean Moulin", "uai": "0781234A",
+        "commune": "Versailles", "holiday_zone": "C",
+        "opening_hours": {d: "07:30-18:30" for d in ("mon", "tue", "thu", "fri")}
+        | {"wed": "07:30-13:00"},
+        "cameras": [{"id": "entree", "name": "Entrée", "zone": "entree",
+                     "url": "rtsp://admin:S3cr3t-Zebra-42@127.0.0.1:8554/entree"}],
+        "sensors": [
+            {"id": "porte-hall", "kind": "door", "zone": "entree", "name": "Porte du hall"},
+            {"id": "centrale-a", "kind": "intrusion", "zone": "batiment-a"},
+            {"id": "panique-accueil", "kind": "panic", "zone": "entree"},
+            {"id": "autoprot-baie", "kind": "tamper", "zone": "baie"},
+            {"id": "contact-cour", "kind": "door", "zone": "cour", "format": "zigbee2mqtt",
+             "topic": "zigbee2mqtt/clg-jean-moulin/contact-cour"},
+        ],
+    },
+    {
+        "id": "clg-pasteur", "name": "Collège Louis Pasteur", "uai": "0921234B",
+        "commune": "Nanterre", "holiday_zone": "C",
+        "sensors": [
+            {"id": "porte-gymnase", "kind": "door", "zone": "gymnase"},
+            {"id": "centrale", "kind": "intrusion", "zone": "batiment"},
+        ],
+    },
+]
+
+
+def make_config(dsn: str, mqtt_url: str, **overrides: Any) -> Config:
+    raw: dict[str, Any] = {
+        "node": {"name": f"test-{uuid.uuid4().hex[:6]}"},
+        "database": {"dsn": dsn},
+        "mqtt": {"url": mqtt_url, "client_id": f"vigie-test-{uuid.uuid4().hex[:8]}",
+                 "topic_prefix": f"t{uuid.uuid4().hex[:6]}"},
+        "api": {"listen": "127.0.0.1:0"},
+        "sites": SITES,
+    }
+    for key, value in overrides.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(raw)
+
+
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)

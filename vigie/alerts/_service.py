@@ -1,0 +1,182 @@
+"""Alert lifecycle: apply rule decisions, operator actions, and tell listeners.
+
+Decisions from events are applied inside the caller's transaction (the one that stores the
+events), so an event and the alert it raised are committed together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vigie.alerts._rules import Decision, Raise, Resolve
+from vigie.metrics import Metrics
+from vigie.store import Store
+from vigie.store import _alerts as q
+
+__all__ = ["AlertChange", "AlertService", "Clock"]
+
+log = logging.getLogger("vigie.alerts")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """What happened to an alert: opened, repeated, acknowledged, resolved, commented."""
+
+    action: str
+    alert: q.Alert
+    actor: str = "vigie"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": f"alert.{self.action}", "actor": self.actor, "alert": self.alert.to_json()}
+
+
+Listener = Callable[[AlertChange], None]
+
+
+class AlertService:
+    def __init__(self, store: Store, metrics: Metrics, clock: Clock = utc_now) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._listeners: list[Listener] = []
+        # Fingerprints with an unresolved alert: a Resolve for any other one needs no query.
+        # Refreshed from the database, so alerts opened by another node are known too.
+        self._unresolved: set[str] = set()
+        self._added_since_refresh: set[str] = set()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, changes: Sequence[AlertChange]) -> None:
+        """Tell listeners, after the changes are committed."""
+        for change in changes:
+            if change.action == "opened":
+                a = change.alert
+                self._metrics.alerts_total.labels(a.site, a.kind, a.severity).inc()
+            for listener in self._listeners:
+                try:
+                    listener(change)
+                except Exception:  # one broken listener must not silence the others
+                    log.exception("alert listener failed")
+
+    async def refresh(self) -> None:
+        """Reload unresolved fingerprints and the open-alert gauges from the database."""
+        # A fingerprint added while the query runs may be missing from its snapshot: keep
+        # those. A stale extra costs one no-op UPDATE; a missing one would lose a resolve.
+        before, self._added_since_refresh = self._added_since_refresh, set()
+        async with self._store.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT fingerprint, site, severity FROM alerts WHERE state <> 'resolved'")
+        self._unresolved = (
+            {r["fingerprint"] for r in rows} | before | self._added_since_refresh
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            counts[(r["site"], r["severity"])] = counts.get((r["site"], r["severity"]), 0) + 1
+        self._metrics.alerts_open.clear()
+        for (site, severity), n in counts.items():
+            self._metrics.alerts_open.labels(site, severity).set(n)
+
+    async def refresh_forever(self, interval: float = 5.0) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the database may be away; try again later
+                log.warning("cannot refresh open alerts: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def apply(self, conn: Any, decisions: Sequence[Decision]) -> list[AlertChange]:
+        """Apply decisions in order inside the caller's transaction.
+
+        Consecutive raises of one fingerprint are folded into one upsert with their count.
+        """
+        changes: list[AlertChange] = []
+        for decision in _fold(decisions):
+            if isinstance(decision, Raise):
+                occ = decision.occurrence
+                alert, opened = await q.upsert_alert(conn, occ)
+                self._unresolved.add(occ.fingerprint)
+                self._added_since_refresh.add(occ.fingerprint)
+                changes.append(AlertChange("opened" if opened else "repeated", alert))
+                if decision.received_at is not None:
+                    latency = (self._clock() - decision.received_at).total_seconds()
+                    self._metrics.event_to_alert.observe(max(latency, 0.0))
+            elif decision.fingerprint in self._unresolved:
+                resolved = await q.resolve_fingerprint(
+                    conn, decision.fingerprint, decision.at, decision.comment)
+                self._unresolved.discard(decision.fingerprint)
+                if resolved is not None:
+                    changes.append(AlertChange("resolved", resolved))
+        return changes
+
+    async def raise_now(self, decisions: Sequence[Decision]) -> list[AlertChange]:
+        """Apply decisions in a transaction of their own (heartbeat, camera health)."""
+        async with self._store.transaction() as conn:
+            changes = await self.apply(conn, decisions)
+        self.publish(changes)
+        return changes
+
+    async def _operator_action(
+        self, action: str, alert_id: uuid.UUID, actor: str, comment: str | None,
+        sites: frozenset[str] | None,
+    ) -> q.Alert:
+        now = self._clock()
+        async with self._store.transaction() as conn:
+            await q.get_alert(conn, alert_id, sites)  # 404 for what the caller may not see
+            if action == "acknowledged":
+                alert = await q.acknowledge(conn, alert_id, actor, now, comment)
+            elif action == "resolved":
+                alert = await q.resolve(conn, alert_id, actor, now, comment)
+            else:
+                alert = await q.add_comment(conn, alert_id, actor, now, comment or "")
+        if action == "resolved":
+            self._unresolved.discard(alert.fingerprint)
+        self.publish([AlertChange(action, alert, actor)])
+        return alert
+
+    async def acknowledge(self, alert_id: uuid.UUID, actor: str, comment: str | None,
+                          sites: frozenset[str] | None = None) -> q.Alert:
+        return await self._operator_action("acknowledged", alert_id, actor, comment, sites)
+
+    async def resolve(self, alert_id: uuid.UUID, actor: str, comment: str | None,
+                      sites: frozenset[str] | None = None) -> q.Alert:
+        return await self._operator_action("resolved", alert_id, actor, comment, sites)
+
+    async def comment(self, alert_id: uuid.UUID, actor: str, comment: str,
+                      sites: frozenset[str] | None = None) -> q.Alert:
+        return await self._operator_action("commented", alert_id, actor, comment, sites)
+
+
+def _fold(decisions: Sequence[Decision]) -> list[Decision]:
+    """Group by fingerprint, keeping each fingerprint's order, and fold consecutive raises
+    into one occurrence (count summed, gravest severity kept)."""
+    per_fingerprint: dict[str, list[Decision]] = {}
+    for d in decisions:
+        fp = d.occurrence.fingerprint if isinstance(d, Raise) else d.fingerprint
+        ops = per_fingerprint.setdefault(fp, [])
+        prev = ops[-1] if ops else None
+        if isinstance(d, Raise) and isinstance(prev, Raise):
+            first, occ = prev.occurrence, d.occurrence
+            merged = q.AlertOccurrence(
+                site=first.site, source=first.source, source_type=first.source_type,
+                kind=first.kind,
+                severity=min(first.severity, occ.severity, key=q.SEVERITY_RANK.__getitem__),
+                title=first.title, at=first.at, details=first.details,
+                count=first.count + occ.count, event_id=first.event_id,
+            )
+            ops[-1] = Raise(merged, prev.received_at)
+        else:
+            ops.append(d)
+    return [d for ops in per_fingerprint.values() for d in ops]

@@ -1,0 +1,295 @@
+"""Handlers of the REST API, and the table that declares them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from vigie.alerts import AlertService, Schedule
+from vigie.api._auth import Authenticator, Principal
+from vigie.api._errors import ApiError
+from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.config import SENSOR_KINDS, Config
+from vigie.metrics import Metrics
+from vigie.store import Store
+from vigie.store import _alerts as alerts_q
+from vigie.store import _events as events_q
+
+__all__ = ["ApiContext", "endpoints"]
+
+MAX_BODY = 64 * 1024
+
+
+@dataclass
+class ApiContext:
+    """What the API needs from the node."""
+
+    config: Config
+    store: Store
+    alerts: AlertService
+    metrics: Metrics
+    auth: Authenticator
+    schedule: Schedule
+    readiness: Callable[[], dict[str, str]]  # check name → "ok" or what is wrong
+    clock: Callable[[], datetime]
+    openapi: dict[str, Any] = field(default_factory=dict)  # filled by make_api
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def ok(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=dumps)
+
+
+def _alert_cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if raw is None:
+        return None
+    try:
+        at, key = alerts_q.decode_cursor(raw)
+        return at, uuid.UUID(key)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
+
+
+def _event_cursor(raw: str | None) -> tuple[datetime, int] | None:
+    if raw is None:
+        return None
+    try:
+        at, key = alerts_q.decode_cursor(raw)
+        return at, int(key)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
+
+
+def _scoped_site(p: Principal, site: str | None) -> str | None:
+    """A filter on a site the caller may not see returns nothing, as for an unknown site."""
+    if site is not None and not p.sees(site):
+        raise ApiError(404, "not_found", f"site {site!r} not found")
+    return site
+
+
+async def _read_comment(request: web.Request, required: bool) -> str | None:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "payload_too_large", f"body larger than {MAX_BODY} bytes")
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "invalid_body", 'expected a JSON body {"comment": "..."}')
+        return None
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "payload_too_large", f"body larger than {MAX_BODY} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_body", "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", 'expected a JSON object {"comment": "..."}')
+    unknown = sorted(set(body) - {"comment"})
+    if unknown:
+        raise ApiError(422, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
+    comment = body.get("comment")
+    if comment is None and not required:
+        return None
+    if not isinstance(comment, str):
+        raise ApiError(422, "invalid_body", "comment: expected a string")
+    if len(comment) > 4000:
+        raise ApiError(422, "invalid_body", "comment: at most 4000 characters")
+    if required and not comment.strip():
+        raise ApiError(422, "invalid_body", "comment: must not be empty")
+    return comment
+
+
+# --- handlers --------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request, ctx: ApiContext, p: Principal | None,
+                  q: dict[str, Any]) -> web.Response:
+    return ok({"status": "ok"})
+
+
+async def readyz(request: web.Request, ctx: ApiContext, p: Principal | None,
+                 q: dict[str, Any]) -> web.Response:
+    checks = ctx.readiness()
+    ready = all(v == "ok" for v in checks.values())
+    return ok({"status": "ready" if ready else "not ready", "checks": checks},
+              status=200 if ready else 503)
+
+
+async def metrics(request: web.Request, ctx: ApiContext, p: Principal | None,
+                  q: dict[str, Any]) -> web.Response:
+    return web.Response(body=ctx.metrics.exposition(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(request: web.Request, ctx: ApiContext, p: Principal | None,
+                  q: dict[str, Any]) -> web.Response:
+    return ok(ctx.openapi)
+
+
+async def list_sites(request: web.Request, ctx: ApiContext, p: Principal,
+                     q: dict[str, Any]) -> web.Response:
+    counts = await _open_counts(ctx)
+    items = [_site_json(ctx, s.id, counts) for s in ctx.config.sites if p.sees(s.id)]
+    return ok({"items": items, "next_cursor": None})
+
+
+async def get_site(request: web.Request, ctx: ApiContext, p: Principal,
+                   q: dict[str, Any]) -> web.Response:
+    site = q["site"]
+    if ctx.config.site(site) is None or not p.sees(site):
+        raise ApiError(404, "not_found", f"site {site!r} not found")
+    return ok(_site_json(ctx, site, await _open_counts(ctx)))
+
+
+async def _open_counts(ctx: ApiContext) -> dict[tuple[str, str], int]:
+    async with ctx.store.connection() as conn:
+        return await alerts_q.open_counts(conn)
+
+
+def _site_json(ctx: ApiContext, site_id: str, counts: dict[tuple[str, str], int]
+               ) -> dict[str, Any]:
+    site = ctx.config.site(site_id)
+    assert site is not None
+    return {
+        "id": site.id, "name": site.name, "uai": site.uai, "commune": site.commune,
+        "timezone": site.timezone, "holiday_zone": site.holiday_zone,
+        "open_now": ctx.schedule.is_open(site.id, ctx.clock()),
+        "cameras": len(site.cameras), "sensors": len(site.sensors),
+        "alerts_open": {sev: n for (s, sev), n in counts.items() if s == site.id},
+    }
+
+
+async def list_sensors(request: web.Request, ctx: ApiContext, p: Principal,
+                       q: dict[str, Any]) -> web.Response:
+    site = _scoped_site(p, q["site"])
+    async with ctx.store.connection() as conn:
+        rows = await conn.fetch(
+            """SELECT site, id, kind, name, zone, format, last_state, last_event_at, online,
+                      battery FROM sensors
+               WHERE active AND ($1::text IS NULL OR site = $1)
+                 AND ($2::text[] IS NULL OR site = ANY($2::text[]))
+               ORDER BY site, id""",
+            site, sorted(p.sites) if p.sites is not None else None)
+    items = [{**dict(r), "last_event_at": r["last_event_at"].isoformat()
+              if r["last_event_at"] else None} for r in rows]
+    return ok({"items": items, "next_cursor": None})
+
+
+async def list_events(request: web.Request, ctx: ApiContext, p: Principal,
+                      q: dict[str, Any]) -> web.Response:
+    async with ctx.store.connection() as conn:
+        items, cursor = await events_q.list_events(
+            conn, site=_scoped_site(p, q["site"]), sensor=q["sensor"], kind=q["kind"],
+            since=q["since"], until=q["until"], sites=p.sites, limit=q["limit"],
+            cursor=_event_cursor(q["cursor"]))
+    return ok({"items": items, "next_cursor": cursor})
+
+
+async def list_alerts(request: web.Request, ctx: ApiContext, p: Principal,
+                      q: dict[str, Any]) -> web.Response:
+    async with ctx.store.connection() as conn:
+        alerts, cursor = await alerts_q.list_alerts(
+            conn, states=q["state"], site=_scoped_site(p, q["site"]), severity=q["severity"],
+            sites=p.sites, limit=q["limit"], cursor=_alert_cursor(q["cursor"]))
+    return ok({"items": [a.to_json() for a in alerts], "next_cursor": cursor})
+
+
+async def get_alert(request: web.Request, ctx: ApiContext, p: Principal,
+                    q: dict[str, Any]) -> web.Response:
+    async with ctx.store.connection() as conn:
+        alert = await alerts_q.get_alert(conn, q["alert_id"], p.sites)
+        history = await alerts_q.history(conn, alert.id)
+    return ok({**alert.to_json(), "history": [h.to_json() for h in history]})
+
+
+async def ack_alert(request: web.Request, ctx: ApiContext, p: Principal,
+                    q: dict[str, Any]) -> web.Response:
+    comment = await _read_comment(request, required=False)
+    alert = await ctx.alerts.acknowledge(q["alert_id"], p.name, comment, p.sites)
+    return ok(alert.to_json())
+
+
+async def resolve_alert(request: web.Request, ctx: ApiContext, p: Principal,
+                        q: dict[str, Any]) -> web.Response:
+    comment = await _read_comment(request, required=False)
+    alert = await ctx.alerts.resolve(q["alert_id"], p.name, comment, p.sites)
+    return ok(alert.to_json())
+
+
+async def comment_alert(request: web.Request, ctx: ApiContext, p: Principal,
+                        q: dict[str, Any]) -> web.Response:
+    comment = await _read_comment(request, required=True)
+    assert comment is not None
+    alert = await ctx.alerts.comment(q["alert_id"], p.name, comment, p.sites)
+    return ok(alert.to_json(), status=201)
+
+
+async def list_dead_letters(request: web.Request, ctx: ApiContext, p: Principal,
+                            q: dict[str, Any]) -> web.Response:
+    async with ctx.store.connection() as conn:
+        items = await events_q.list_dead_letters(conn, q["limit"])
+    return ok({"items": items, "next_cursor": None})
+
+
+# --- the table -------------------------------------------------------------------------
+
+_READ = ALL_ROLES
+_OPERATE = frozenset({"admin", "operator"})
+_ADMIN = frozenset({"admin"})
+_SEVERITIES = ("critical", "major", "minor", "info")
+
+_LIMIT = Param("limit", type="integer", minimum=1, maximum=500, default=100,
+               description="page size")
+_CURSOR = Param("cursor", description="next_cursor of the previous page")
+_ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
+
+
+def endpoints() -> list[Endpoint]:
+    site_q = Param("site", description="site id (slug)")
+    return [
+        Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
+                 response="Health"),
+        Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",
+                 "operations", None, response="Health", statuses=(200, 503)),
+        Endpoint("GET", "/metrics", metrics, "Prometheus exposition", "operations", None,
+                 content_type="text/plain"),
+        Endpoint("GET", "/api/v1/openapi.json", openapi, "This document", "operations", None),
+        Endpoint("GET", "/api/v1/sites", list_sites, "Sites with a health summary", "sites",
+                 _READ, response="SiteList"),
+        Endpoint("GET", "/api/v1/sites/{site}", get_site, "One site", "sites", _READ,
+                 params=(Param("site", where="path", required=True),), response="Site"),
+        Endpoint("GET", "/api/v1/sensors", list_sensors, "Sensors with their last state",
+                 "sensors", _READ, params=(site_q,), response="SensorList"),
+        Endpoint("GET", "/api/v1/events", list_events, "Stored sensor events, newest first",
+                 "sensors", _READ, response="EventList", params=(
+                     site_q, Param("sensor"), Param("kind", enum=SENSOR_KINDS),
+                     Param("since", type="date-time"), Param("until", type="date-time"),
+                     _LIMIT, _CURSOR)),
+        Endpoint("GET", "/api/v1/alerts", list_alerts, "Alerts, newest first", "alerts",
+                 _READ, response="AlertList", params=(
+                     Param("state", enum=("open", "acknowledged", "resolved"), many=True,
+                           description="one or several states, comma-separated"),
+                     site_q, Param("severity", enum=_SEVERITIES), _LIMIT, _CURSOR)),
+        Endpoint("GET", "/api/v1/alerts/{alert_id}", get_alert, "One alert with its history",
+                 "alerts", _READ, params=(_ALERT_ID,), response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/ack", ack_alert, "Acknowledge an alert",
+                 "alerts", _OPERATE, params=(_ALERT_ID,), body="CommentBody",
+                 response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/resolve", resolve_alert,
+                 "Resolve an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
+                 body="CommentBody", response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/comments", comment_alert,
+                 "Comment on an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
+                 body="RequiredCommentBody", response="Alert", statuses=(201,)),
+        Endpoint("GET", "/api/v1/dead-letters", list_dead_letters,
+                 "Rejected MQTT messages, newest first", "sensors", _ADMIN,
+                 params=(_LIMIT,), response="DeadLetterList"),
+    ]

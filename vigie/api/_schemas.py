@@ -1,0 +1,106 @@
+"""JSON schemas of the API's answers and bodies (OpenAPI components)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SCHEMAS"]
+
+_TS = {"type": "string", "format": "date-time"}
+_TS_NULL = {"type": "string", "format": "date-time", "nullable": True}
+_STR_NULL = {"type": "string", "nullable": True}
+_SEVERITY = {"type": "string", "enum": ["critical", "major", "minor", "info"]}
+
+
+def _list_of(ref: str) -> dict[str, Any]:
+    return {
+        "type": "object", "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}},
+                       "next_cursor": _STR_NULL},
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "HistoryEntry": {
+        "type": "object", "required": ["at", "actor", "action"],
+        "properties": {"at": _TS, "actor": {"type": "string"}, "action": {"type": "string"},
+                       "comment": _STR_NULL, "details": {"type": "object"}},
+    },
+    "Alert": {
+        "type": "object",
+        "required": ["id", "fingerprint", "site", "source", "kind", "severity", "state", "title",
+                     "count", "opened_at", "last_seen_at", "escalation_level", "silenced",
+                     "snapshots"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"}, "fingerprint": {"type": "string"},
+            "site": {"type": "string"}, "source": {"type": "string"},
+            "source_type": {"type": "string", "enum": ["sensor", "camera", "site"]},
+            "kind": {"type": "string"}, "severity": _SEVERITY,
+            "state": {"type": "string", "enum": ["open", "acknowledged", "resolved"]},
+            "title": {"type": "string"}, "details": {"type": "object"},
+            "count": {"type": "integer"}, "opened_at": _TS, "last_seen_at": _TS,
+            "acknowledged_by": _STR_NULL, "acknowledged_at": _TS_NULL,
+            "resolved_by": _STR_NULL, "resolved_at": _TS_NULL,
+            "escalation_level": {"type": "integer"}, "silenced": {"type": "boolean"},
+            "snapshots": {"type": "array", "items": {}},
+            "event_id": {"type": "integer", "nullable": True},
+            "history": {"type": "array",
+                        "items": {"$ref": "#/components/schemas/HistoryEntry"}},
+        },
+    },
+    "AlertList": _list_of("Alert"),
+    "Event": {
+        "type": "object",
+        "required": ["id", "site", "sensor", "kind", "state", "ts", "received_at", "data"],
+        "properties": {"id": {"type": "integer"}, "site": {"type": "string"},
+                       "sensor": {"type": "string"}, "kind": {"type": "string"},
+                       "state": {"type": "string"}, "zone": {"type": "string"}, "ts": _TS,
+                       "received_at": _TS, "data": {"type": "object"}},
+    },
+    "EventList": _list_of("Event"),
+    "Sensor": {
+        "type": "object", "required": ["id", "site", "kind"],
+        "properties": {"id": {"type": "string"}, "site": {"type": "string"},
+                       "kind": {"type": "string"}, "name": {"type": "string"},
+                       "zone": {"type": "string"}, "format": {"type": "string"},
+                       "last_state": _STR_NULL, "last_event_at": _TS_NULL,
+                       "online": {"type": "boolean", "nullable": True},
+                       "battery": {"type": "integer", "nullable": True}},
+    },
+    "SensorList": _list_of("Sensor"),
+    "Site": {
+        "type": "object", "required": ["id", "name", "uai"],
+        "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "uai": {"type": "string"},
+            "commune": {"type": "string"}, "timezone": {"type": "string"},
+            "holiday_zone": _STR_NULL, "open_now": {"type": "boolean"},
+            "cameras": {"type": "integer"}, "sensors": {"type": "integer"},
+            "alerts_open": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
+    "SiteList": _list_of("Site"),
+    "DeadLetter": {
+        "type": "object", "required": ["id", "received_at", "topic", "reason", "detail"],
+        "properties": {"id": {"type": "integer"}, "received_at": _TS,
+                       "topic": {"type": "string"}, "reason": {"type": "string"},
+                       "detail": {"type": "string"}, "payload_size": {"type": "integer"}},
+    },
+    "DeadLetterList": _list_of("DeadLetter"),
+    "CommentBody": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"comment": {"type": "string", "maxLength": 4000}},
+    },
+    "RequiredCommentBody": {
+        "type": "object", "additionalProperties": False, "required": ["comment"],
+        "properties": {"comment": {"type": "string", "minLength": 1, "maxLength": 4000}},
+    },
+    "Health": {
+        "type": "object", "required": ["status"],
+        "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
+    },
+}

@@ -1,0 +1,84 @@
+"""The aiohttp application: every route from the endpoint table, guarded the same way."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from vigie import __version__
+from vigie.api._auth import Principal
+from vigie.api._errors import ApiError, error_middleware, json_error
+from vigie.api._routes import ApiContext, endpoints
+from vigie.api._schemas import SCHEMAS
+from vigie.api._spec import Endpoint, openapi_document, parse_params
+
+__all__ = ["CONTEXT", "make_api"]
+
+CONTEXT = web.AppKey("context", ApiContext)
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def _principal(request: web.Request, ctx: ApiContext, ep: Endpoint) -> Principal | None:
+    if ep.roles is None:
+        return None
+    remote = request.remote or "?"
+    if ctx.auth.throttled(remote):
+        raise ApiError(429, "too_many_failures",
+                       "too many failed authentications from this address; wait a minute")
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    principal = await ctx.auth.principal(token.strip(), ctx.clock())
+    if principal is None:
+        ctx.auth.failed(remote)
+        raise ApiError(401, "unauthorized", "invalid, expired or revoked token")
+    if principal.role not in ep.roles:
+        raise ApiError(403, "forbidden",
+                       f"role {principal.role} may not {ep.summary[0].lower() + ep.summary[1:]}")
+    return principal
+
+
+def _wrap(ep: Endpoint) -> Any:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CONTEXT]
+        started = time.perf_counter()
+        status = 500
+        try:
+            principal = await _principal(request, ctx, ep)
+            params = parse_params(request, ep.params)
+            response = await ep.handler(request, ctx, principal, params)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return json_error(exc.status, exc.code, exc.message, headers=headers)
+        finally:
+            ctx.metrics.http_requests.labels(ep.path, ep.method, str(status)).inc()
+            ctx.metrics.http_seconds.labels(ep.path).observe(time.perf_counter() - started)
+
+    handle.__name__ = ep.operation_id
+    return handle
+
+
+def make_api(ctx: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[security_headers, error_middleware],
+                          client_max_size=256 * 1024)
+    app[CONTEXT] = ctx
+    table = endpoints()
+    for ep in table:
+        app.router.add_route(ep.method, ep.path, _wrap(ep))
+    ctx.openapi = openapi_document(table, SCHEMAS, __version__)
+    return app

@@ -1,0 +1,188 @@
+"""The composition root: config → store → alerts → sensors → API, in one place.
+
+Each resource is one async context, entered in dependency order and left in reverse on
+shutdown: the API stops answering, the MQTT subscription stops, what was received is written
+and acknowledged, the loops stop, then the database closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from vigie.alerts import AlertService, Clock, RuleBook, Schedule, utc_now
+from vigie.api import ApiContext, Authenticator, make_api
+from vigie.config import Config
+from vigie.errors import VigieError
+from vigie.metrics import Metrics
+from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
+from vigie.sensors._handoff import Handoff
+from vigie.sensors._mqtt import Received
+from vigie.store import Store
+from vigie.store._sync import sync_config
+
+__all__ = ["Node", "open_store", "running_node"]
+
+log = logging.getLogger("vigie")
+
+
+@dataclass
+class Node:
+    """The running parts of one vigie node."""
+
+    config: Config
+    metrics: Metrics
+    clock: Clock
+    store: Store
+    alerts: AlertService
+    subscriber: MqttSubscriber | None = None
+    writer: IngestWriter | None = None
+    api_url: str = ""
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    db_ok: bool = True
+    db_error: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a loop the node owns; `stop` cancels it and awaits the cancellation."""
+        task = asyncio.create_task(coro, name=f"vigie:{name}")
+        self.tasks[name] = task
+        task.add_done_callback(_report_crash)
+
+    async def stop(self, *names: str) -> None:
+        tasks = [self.tasks.pop(n) for n in names if n in self.tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def readiness(self) -> dict[str, str]:
+        checks = {"database": "ok" if self.db_ok else self.db_error}
+        if self.subscriber is not None:
+            checks["mqtt"] = "ok" if self.subscriber.connected else (
+                f"not connected to {self.subscriber.endpoint}")
+        for name, task in self.tasks.items():
+            if task.done():
+                checks[f"loop:{name}"] = "stopped"
+        return checks
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loop %s stopped: %r", task.get_name(), task.exception())
+
+
+async def open_store(config: Config, stack: AsyncExitStack) -> Store:
+    """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
+    if config.database.dsn is not None:
+        dsn = config.database.dsn.reveal()
+    else:
+        from vigie.store._embedded import embedded_postgres
+
+        dsn = await stack.enter_async_context(embedded_postgres(config.node.data_dir))
+    store = await Store.open(dsn, size=config.database.pool_size,
+                             timeout=config.database.connect_timeout)
+    stack.push_async_callback(store.close)
+    applied = await store.migrate()
+    if applied:
+        log.info("database schema migrated (%d migration(s))", applied)
+    return store
+
+
+async def _ping_forever(node: Node, interval: float = 2.0) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.wait_for(node.store.ping(), timeout=interval)
+            node.db_ok, node.db_error = True, ""
+        except (VigieError, TimeoutError) as exc:
+            node.db_ok = False
+            node.db_error = f"database unreachable: {exc}" if str(exc) else "database timeout"
+        node.metrics.db_up.set(1 if node.db_ok else 0)
+
+
+@asynccontextmanager
+async def _sensors(node: Node) -> AsyncIterator[None]:
+    config = node.config
+    rules = RuleBook(config, Schedule(config.sites).is_open)
+    handoff: Handoff[Received] = Handoff(config.database.write_queue, asyncio.get_running_loop())
+    subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
+                                handoff, node.metrics, node.clock)
+    writer = IngestWriter(node.store, handoff, subscriber.ack, rules, node.alerts,
+                          node.metrics, config.database.batch_size)
+    node.subscriber, node.writer = subscriber, writer
+    await _seed_last_seen(node.store, writer.last_seen)
+    heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock)
+    node.spawn("ingest-writer", writer.run())
+    if heartbeat.enabled:
+        node.spawn("heartbeat", heartbeat.run())
+    subscriber.start()
+    try:
+        yield
+    finally:
+        # Stop taking messages, then write what was received: those get acknowledged;
+        # anything else stays at the broker for our persistent session.
+        subscriber.stop()
+        await node.stop("ingest-writer", "heartbeat")
+        try:
+            await asyncio.wait_for(writer.drain(), timeout=5)
+        except (TimeoutError, VigieError) as exc:
+            log.warning("could not write every received message before exit (%s); "
+                        "they were not acknowledged and the broker keeps them", exc)
+
+
+async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]) -> None:
+    async with store.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT site, id, last_event_at FROM sensors WHERE last_event_at IS NOT NULL")
+    last_seen.update({(r["site"], r["id"]): r["last_event_at"] for r in rows})
+
+
+@asynccontextmanager
+async def _api(node: Node) -> AsyncIterator[None]:
+    config = node.config
+    ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
+                     auth=Authenticator(node.store), schedule=Schedule(config.sites),
+                     readiness=node.readiness, clock=node.clock)
+    runner = web.AppRunner(make_api(ctx), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.api.host, config.api.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    node.api_url = f"http://{host}:{port}"
+    log.info("API listening on %s", node.api_url)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def running_node(
+    config: Config, *, clock: Clock = utc_now, metrics: Metrics | None = None,
+    with_mqtt: bool = True,
+) -> AsyncIterator[Node]:
+    """Start every component of a node; stop them in reverse order on exit."""
+    metrics = metrics or Metrics(config.node.name)
+    async with AsyncExitStack() as stack:
+        store = await open_store(config, stack)
+        async with store.connection() as conn:
+            await sync_config(conn, config)
+        metrics.db_up.set(1)
+        alerts = AlertService(store, metrics, clock)
+        await alerts.refresh()
+        node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts)
+        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
+        node.spawn("db-ping", _ping_forever(node))
+        node.spawn("alerts-refresh", alerts.refresh_forever())
+        if with_mqtt:
+            await stack.enter_async_context(_sensors(node))
+        await stack.enter_async_context(_api(node))
+        yield node

@@ -1,0 +1,200 @@
+"""The `vigie` command: parse arguments, load config, set up logging, call the app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from vigie import __version__
+from vigie.config import DEFAULT_CONFIG_PATH, SENSOR_KINDS, Config, _duration, load_config
+from vigie.errors import ConfigError, VigieError
+from vigie.logs import setup_logging
+from vigie.secrets import redact_text
+
+__all__ = ["main"]
+
+log = logging.getLogger("vigie")
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    return Path(os.environ.get("VIGIE_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(_config_path(args))
+    setup_logging(args.log_level or config.logging.level,
+                  "json" if args.json_logs else config.logging.format)
+    return config
+
+
+async def _serve_until_signalled(config: Config) -> None:
+    from vigie.app import running_node
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_node(config) as node:
+        log.info("vigie %s node %s running: %d site(s), API on %s", __version__,
+                 config.node.name, len(config.sites), node.api_url)
+        await stop.wait()
+        log.info("stopping")
+        stopping_since = time.monotonic()
+    log.info("stopped in %.1fs", time.monotonic() - stopping_since)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    asyncio.run(_serve_until_signalled(_load(args)))
+    return 0
+
+
+async def _with_store(config: Config, work: Callable[[Any], Awaitable[int]]) -> int:
+    from vigie.app import open_store
+
+    async with AsyncExitStack() as stack:
+        store = await open_store(config, stack)
+        async with store.connection() as conn:
+            return await work(conn)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(conn: Any) -> int:
+        version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+        print(f"database schema at version {version}")
+        return 0
+
+    return asyncio.run(_with_store(config, work))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    config = load_config(path)  # ConfigError is reported by main()
+    cameras = sum(len(s.cameras) for s in config.sites)
+    sensors = sum(len(s.sensors) for s in config.sites)
+    kinds = {k: sum(1 for s in config.sites for x in s.sensors if x.kind == k)
+             for k in SENSOR_KINDS}
+    print(f"{path}: ok — {len(config.sites)} site(s), {cameras} camera(s), {sensors} sensor(s)")
+    print("  sensors by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.items() if n))
+    print(f"  database: {'embedded under ' + str(config.node.data_dir) if config.database.dsn is None else 'external'}"
+          f"; mqtt: {redact_text(config.mqtt.url)} as {config.mqtt_client_id}"
+          f"; api: {config.api.listen}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from vigie.store import _tokens
+
+    config = _load(args)
+
+    async def create(conn: Any) -> int:
+        sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
+        unknown = [s for s in sites or [] if config.site(s) is None]
+        if unknown:
+            raise VigieError(f"unknown site(s): {', '.join(unknown)}")
+        expires = (datetime.now(UTC) + timedelta(seconds=_duration(args.expires))
+                   if args.expires else None)
+        token, info = await _tokens.create_token(
+            conn, name=args.name, role=args.role, sites=sites, expires_at=expires)
+        print(token)
+        print(f"# token {info.name!r} ({info.role}"
+              f"{', sites ' + ','.join(sites) if sites else ', all sites'}"
+              f"{', expires ' + expires.isoformat() if expires else ''}) — shown only once",
+              file=sys.stderr)
+        return 0
+
+    async def list_(conn: Any) -> int:
+        for t in await _tokens.list_tokens(conn):
+            state = "revoked" if t.revoked_at else (
+                "expired" if t.expires_at and t.expires_at < datetime.now(UTC) else "active")
+            sites = ",".join(sorted(t.sites)) if t.sites is not None else "*"
+            used = t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never"
+            print(f"{t.name:24} {t.role:11} {state:8} sites={sites} last_used={used}")
+        return 0
+
+    async def revoke(conn: Any) -> int:
+        info = await _tokens.revoke_token(conn, args.name)
+        print(f"revoked token {info.name!r}")
+        return 0
+
+    work = {"create": create, "list": list_, "revoke": revoke}[args.token_cmd]
+    return asyncio.run(_with_store(config, work))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vigie.demo import run_demo
+
+    setup_logging(args.log_level or "info", "json" if args.json_logs else "human")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_demo(Path(args.data_dir), args.listen))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="config file (default: $VIGIE_CONFIG, "
+                        f"else {DEFAULT_CONFIG_PATH})")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--json-logs", action="store_true", help="log JSON lines")
+    parser = argparse.ArgumentParser(
+        prog="vigie", description="Monitoring backend for a video-protection network.")
+    parser.add_argument("--version", action="version", version=f"vigie {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run a node").set_defaults(func=cmd_run)
+    sub.add_parser("migrate", parents=[common], help="apply database migrations"
+                   ).set_defaults(func=cmd_migrate)
+    sub.add_parser("check-config", parents=[common], help="validate a config file"
+                   ).set_defaults(func=cmd_check_config)
+    token = sub.add_parser("token", help="API tokens")
+    tsub = token.add_subparsers(dest="token_cmd", required=True)
+    create = tsub.add_parser("create", parents=[common], help="create a token (shown once)")
+    create.add_argument("--role", required=True,
+                        choices=["admin", "operator", "technician", "viewer"])
+    create.add_argument("--name", required=True)
+    create.add_argument("--sites", help="comma-separated site ids (default: every site)")
+    create.add_argument("--expires", help="lifetime, e.g. 90d, 12h")
+    tsub.add_parser("list", parents=[common], help="list tokens")
+    revoke = tsub.add_parser("revoke", parents=[common], help="revoke a token")
+    revoke.add_argument("name")
+    token.set_defaults(func=cmd_token)
+    demo = sub.add_parser("demo", parents=[common],
+                          help="run a self-contained demo (embedded database and broker)")
+    demo.add_argument("--data-dir", default="./var/demo")
+    demo.add_argument("--listen", default="127.0.0.1:8080")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"vigie: invalid configuration {exc.source}".rstrip(), file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except VigieError as exc:
+        print(f"vigie: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

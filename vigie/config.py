@@ -1,0 +1,693 @@
+"""Configuration: load YAML, substitute ${ENV}, validate, report every error by path.
+
+The models are frozen: inside vigie the configuration is already valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import zoneinfo
+from collections.abc import Callable, Iterator
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from vigie.errors import ConfigError
+from vigie.secrets import Secret, redact_url
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "SENSOR_KINDS",
+    "AlertRule",
+    "ApiConfig",
+    "CameraConfig",
+    "Config",
+    "DatabaseConfig",
+    "LoggingConfig",
+    "MqttConfig",
+    "NodeConfig",
+    "OpeningHours",
+    "SensorConfig",
+    "SiteConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("config/vigie.yaml")
+SENSOR_KINDS = ("door", "intrusion", "tamper", "panic", "smoke", "technical")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SEVERITIES = ("critical", "major", "minor", "info")
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _duration(value: Any) -> float:
+    """`5s`, `500ms`, `2m`, `1h`, `1d` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 500ms, 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as 5s, 500ms, 2m")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("expected a positive duration")
+    return seconds
+
+
+def _slug(value: str) -> str:
+    if not _SLUG.match(value):
+        raise ValueError("expected a slug: lowercase letters, digits, '-' or '_' (max 63)")
+    return value
+
+
+def _secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return Secret(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Slug = Annotated[str, AfterValidator(_slug)]
+SecretStr = Annotated[
+    Secret, BeforeValidator(_secret), PlainSerializer(lambda s: "***", return_type=str)
+]
+SecretUrl = Annotated[
+    Secret,
+    BeforeValidator(_secret),
+    PlainSerializer(lambda s: redact_url(s.reveal()), return_type=str),
+]
+Severity = Literal["critical", "major", "minor", "info"]
+SensorKind = Literal["door", "intrusion", "tamper", "panic", "smoke", "technical"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class NodeConfig(_Model):
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
+    data_dir: Path = Path("./var")
+
+
+class DatabaseConfig(_Model):
+    # None means: start the embedded PostgreSQL under node.data_dir.
+    dsn: SecretUrl | None = None
+    pool_size: int = Field(default=10, ge=2, le=200)
+    # Events waiting to be written; when full, ingest stops acknowledging to the broker.
+    write_queue: int = Field(default=50_000, ge=100, le=10_000_000)
+    batch_size: int = Field(default=2_000, ge=1, le=50_000)
+    connect_timeout: Duration = 5.0
+
+    @field_validator("dsn", mode="after")
+    @classmethod
+    def _postgres(cls, value: Secret | None) -> Secret | None:
+        # asyncpg takes URIs only (not libpq's key=value form); never echo the value back.
+        if value is not None and not re.match(r"^postgres(ql)?://", value.reveal()):
+            raise ValueError("expected postgresql://user[:password]@host[:port]/dbname")
+        return value
+
+
+class MqttConfig(_Model):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = None  # default: vigie-<node.name>; fixed so the session persists
+    topic_prefix: str = "vigie"
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    session_expiry: Duration = 86_400.0
+    max_payload: int = Field(default=65_536, ge=256, le=16_777_216)
+    protocol: Literal["3.1.1", "5"] = "5"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", value):
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        return value
+
+
+class ApiConfig(_Model):
+    listen: str = "127.0.0.1:8080"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8080")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class CameraChecks(_Model):
+    """Thresholds of the camera checks; every field can be overridden per camera."""
+
+    offline_after: Duration = 5.0
+    frozen_after: Duration = 10.0
+    min_fps: float = Field(default=2.0, ge=0)
+
+
+class SensorDefaults(_Model):
+    # A sensor silent for longer than this raises a technical alert (None: no heartbeat).
+    heartbeat: Duration | None = None
+    battery_low: int = Field(default=20, ge=0, le=100)
+
+
+class Defaults(_Model):
+    camera: CameraChecks = CameraChecks()
+    sensor: SensorDefaults = SensorDefaults()
+
+
+class CameraConfig(_Model):
+    id: Slug
+    name: str = ""
+    url: SecretUrl
+    zone: str = ""
+    transport: Literal["tcp", "udp"] = "tcp"
+    checks: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _rtsp(cls, value: Secret) -> Secret:
+        if not re.match(r"^rtsps?://[^/]+", value.reveal()):
+            raise ValueError("expected rtsp://[user:pass@]host[:port]/path")
+        return value
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every CameraChecks field has a default, so validating the overrides alone checks
+        # exactly the keys given (unknown ones included) and reports all of them at once.
+        checks = CameraChecks.model_validate(value)
+        return {key: getattr(checks, key) for key in value}
+
+
+def _json_keys(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {k if isinstance(k, str) else json.dumps(k): v for k, v in value.items()}
+
+
+class JsonMapping(_Model):
+    """Where a generic JSON panel puts its fields (dotted paths)."""
+
+    state: str
+    ts: str | None = None
+    id: str | None = None
+    # Map raw values to vigie states, e.g. {1: alarm, 0: normal}. YAML turns such keys into
+    # ints and booleans; they are kept in their JSON spelling ("1", "true", "null").
+    values: Annotated[dict[str, str], BeforeValidator(_json_keys)] = Field(default_factory=dict)
+
+
+class SensorConfig(_Model):
+    id: Slug
+    kind: SensorKind
+    name: str = ""
+    zone: str = ""
+    format: Literal["native", "zigbee2mqtt", "json"] = "native"
+    # Validated even when left out, so that a missing topic or mapping is reported on its
+    # own path, next to any other error of the sensor (a model validator would not run).
+    topic: str | None = Field(default=None, validate_default=True)
+    mapping: JsonMapping | None = Field(default=None, validate_default=True)
+    heartbeat: Duration | None = None
+    battery_low: int | None = Field(default=None, ge=0, le=100)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("format") == "zigbee2mqtt" and not value:
+            raise ValueError("required for format zigbee2mqtt (zigbee2mqtt/<friendly name>)")
+        if value is not None and any(c in value for c in "+#"):
+            raise ValueError("must not contain MQTT wildcards")
+        return value
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping(cls, value: JsonMapping | None, info: ValidationInfo) -> JsonMapping | None:
+        fmt = info.data.get("format")
+        if fmt == "json" and value is None:
+            raise ValueError("required for format json: {state: <path>, ts: <path>}")
+        if fmt is not None and fmt != "json" and value is not None:
+            raise ValueError("only used with format json")
+        return value
+
+
+def _time(text: str) -> time:
+    hours, _, minutes = text.strip().partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError(f"bad time {text.strip()!r}, expected HH:MM")
+    h, m = int(hours), int(minutes)
+    if h == 24 and m == 0:
+        return time.max
+    if h > 23 or m > 59:
+        raise ValueError(f"bad time {text.strip()!r}, expected HH:MM")
+    return time(h, m)
+
+
+def _ranges(value: Any) -> tuple[tuple[time, time], ...]:
+    """`"07:30-12:00, 13:30-17:00"` or a list of such ranges."""
+    if isinstance(value, str):
+        parts = [p for p in value.split(",") if p.strip()]
+    elif isinstance(value, list):
+        parts = value
+    else:
+        raise ValueError('expected ranges such as "07:30-18:30" or "08:00-12:00, 13:30-17:00"')
+    out = []
+    for part in parts:
+        if not isinstance(part, str) or part.count("-") != 1:
+            shown = part.strip() if isinstance(part, str) else part
+            raise ValueError(f"bad range {shown!r}, expected HH:MM-HH:MM")
+        start, end = (_time(t) for t in part.split("-"))
+        if end <= start:
+            raise ValueError(f"range {part.strip()!r} ends before it starts")
+        out.append((start, end))
+    return tuple(sorted(out))
+
+
+def _show_ranges(ranges: tuple[tuple[time, time], ...]) -> list[str]:
+    """Back to the config's own spelling, so a dumped config reads and loads again."""
+
+    def hhmm(t: time) -> str:
+        return "24:00" if t == time.max else t.strftime("%H:%M")
+
+    return [f"{hhmm(start)}-{hhmm(end)}" for start, end in ranges]
+
+
+TimeRanges = Annotated[
+    tuple[tuple[time, time], ...],
+    BeforeValidator(_ranges),
+    PlainSerializer(_show_ranges, return_type=list[str]),
+]
+
+
+class OpeningHours(_Model):
+    mon: TimeRanges = ()
+    tue: TimeRanges = ()
+    wed: TimeRanges = ()
+    thu: TimeRanges = ()
+    fri: TimeRanges = ()
+    sat: TimeRanges = ()
+    sun: TimeRanges = ()
+
+    def ranges(self, weekday: int) -> tuple[tuple[time, time], ...]:
+        """Opening ranges of a weekday (0 = Monday)."""
+        ranges: tuple[tuple[time, time], ...] = getattr(self, WEEKDAYS[weekday])
+        return ranges
+
+
+def _field(item: Any, name: str) -> Any:
+    """A field of a raw mapping or of an already-built model."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _items(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _duplicate(loc: tuple[int | str, ...], message: str, value: Any) -> InitErrorDetails:
+    return {"type": PydanticCustomError("duplicate", message), "loc": loc, "input": value}
+
+
+def _duplicate_ids(what: str, items: list[Any]) -> list[InitErrorDetails]:
+    errors: list[InitErrorDetails] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        ident = _field(item, "id")
+        if not isinstance(ident, str):
+            continue
+        if ident in first:
+            message = f"duplicate {what} id {ident!r} (already used by {what}s[{first[ident]}])"
+            errors.append(_duplicate((i, "id"), message, ident))
+        else:
+            first[ident] = i
+    return errors
+
+
+def _duplicate_topics(sites: list[Any]) -> list[InitErrorDetails]:
+    errors: list[InitErrorDetails] = []
+    owner: dict[str, str] = {}
+    for i, site in enumerate(sites):
+        for j, sensor in enumerate(_items(_field(site, "sensors"))):
+            topic = _field(sensor, "topic")
+            if not isinstance(topic, str):
+                continue
+            if topic in owner:
+                message = f"topic {topic!r} already used by {owner[topic]}"
+                errors.append(_duplicate((i, "sensors", j, "topic"), message, topic))
+            else:
+                owner[topic] = f"sites[{i}].sensors[{j}]"
+    return errors
+
+
+def _unique(
+    *checks: Callable[[list[Any]], list[InitErrorDetails]],
+) -> WrapValidator:
+    """Cross-item checks of a list, reported on each offending item's path together with
+    the items' own errors: an `after` validator would only run once every item is valid."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        dupes = [e for check in checks for e in check(_items(value))]
+        try:
+            out = handler(value)
+        except ValidationError as exc:
+            if not dupes:
+                raise
+            # Re-raised as custom errors: they keep type, message and context, and custom
+            # types (a nested list's duplicates) cannot be rebuilt from their name.
+            own: list[InitErrorDetails] = [
+                {
+                    "type": PydanticCustomError(e["type"], e["msg"], e.get("ctx")),
+                    "loc": e["loc"],
+                    "input": e["input"],
+                }
+                for e in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, own + dupes) from None
+        if dupes:
+            raise ValidationError.from_exception_data("duplicates", dupes)
+        return out
+
+    return WrapValidator(validate)
+
+
+class SiteConfig(_Model):
+    id: Slug
+    name: str = Field(min_length=1)
+    uai: str = Field(pattern=r"^\d{7}[A-Z]$", description="official school code, e.g. 0781234A")
+    commune: str = ""
+    timezone: str = "Europe/Paris"
+    holiday_zone: Literal["A", "B", "C"] | None = None
+    opening_hours: OpeningHours = OpeningHours()
+    cameras: Annotated[
+        tuple[CameraConfig, ...], _unique(lambda items: _duplicate_ids("camera", items))
+    ] = ()
+    sensors: Annotated[
+        tuple[SensorConfig, ...], _unique(lambda items: _duplicate_ids("sensor", items))
+    ] = ()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    def sensor(self, sensor_id: str) -> SensorConfig | None:
+        return next((s for s in self.sensors if s.id == sensor_id), None)
+
+
+class AlertRule(_Model):
+    """Turns a sensor event into an alert: match on kind and state, give a severity."""
+
+    kind: SensorKind
+    states: tuple[str, ...]
+    severity: Severity
+    # Severity while the site is closed (outside opening hours); None: same as `severity`.
+    severity_closed: Severity | None = None
+    # States that resolve the alert by themselves (a door closing); empty: an operator must.
+    resolve_on: tuple[str, ...] = ()
+    title: str | None = None
+
+    @field_validator("states", "resolve_on", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+
+DEFAULT_RULES = (
+    AlertRule(kind="intrusion", states=("alarm",), severity="critical"),
+    AlertRule(kind="panic", states=("alarm",), severity="critical"),
+    AlertRule(kind="smoke", states=("alarm",), severity="critical"),
+    AlertRule(kind="tamper", states=("alarm", "open"), severity="major"),
+    AlertRule(
+        kind="door",
+        states=("open",),
+        severity="info",
+        severity_closed="critical",
+        resolve_on=("closed",),
+    ),
+    AlertRule(
+        kind="technical", states=("alarm", "fault"), severity="minor", resolve_on=("normal",)
+    ),
+)
+
+
+class AlertsConfig(_Model):
+    rules: tuple[AlertRule, ...] = DEFAULT_RULES
+    # Severity of device-health alerts (sensor offline / silent, battery low).
+    device_offline_severity: Severity = "major"
+    battery_low_severity: Severity = "minor"
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["human", "json"] = "human"
+
+
+class Config(_Model):
+    node: NodeConfig = NodeConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    mqtt: MqttConfig = MqttConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+    defaults: Defaults = Defaults()
+    alerts: AlertsConfig = AlertsConfig()
+    # A directory of per-site YAML files, merged into `sites` (relative to the config file).
+    sites_dir: Path | None = None
+    sites: Annotated[
+        tuple[SiteConfig, ...],
+        _unique(lambda items: _duplicate_ids("site", items), _duplicate_topics),
+    ] = ()
+
+    def site(self, site_id: str) -> SiteConfig | None:
+        return next((s for s in self.sites if s.id == site_id), None)
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"vigie-{self.node.name}"
+
+    def camera_checks(self, camera: CameraConfig) -> CameraChecks:
+        """The camera's thresholds: defaults, overridden by its own `checks`."""
+        return CameraChecks.model_validate({**self.defaults.camera.model_dump(), **camera.checks})
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _path_of(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")):
+            continue  # pydantic's internal validator names, not the user's keys
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "literal_error":
+        return "expected one of " + re.sub(r"'", "", str(ctx.get("expected", ""))).replace(
+            " or ", ", "
+        )
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "string_pattern_mismatch" and err["loc"][-1:] == ("uai",):
+        return "expected a UAI code: 7 digits and a letter, e.g. 0781234A"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors(include_input=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("[")))
+        problems.append(f"{_path_of(loc)}: {_message(err)}")
+    return problems
+
+
+def _substitute(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string value."""
+    if isinstance(node, dict):
+        return {
+            k: _substitute(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_substitute(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1), m.group(2))
+        if value is None:
+            problems.append(f"{path}: environment variable {m.group(1)} is not set")
+            return ""
+        return value
+
+    return _ENV.sub(repl, node)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last
+    one silently, and a second `sensors:` under a site would drop the first list."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` then overriding a merged key is legitimate
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _at(mark: yaml.Mark | None) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _read_yaml(path: Path, problems: list[str], label: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{label}: cannot read ({getattr(exc, 'strerror', None) or exc})")
+        return None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        # Never str(exc): it quotes the offending line, which may hold a password.
+        what = f"invalid YAML{_at(exc.problem_mark)}: {exc.problem or 'syntax error'}"
+        if exc.context:  # where the unfinished construct began, often the line to fix
+            what += f" ({exc.context}{_at(exc.context_mark)})"
+        problems.append(f"{label}: {what}")
+    except yaml.YAMLError as exc:  # reader errors: a byte position, no content
+        problems.append(f"{label}: invalid YAML: {exc}")
+    return None
+
+
+def _site_files(directory: Path) -> Iterator[Path]:
+    # Hidden files are editor swap files and the like, not sites.
+    yield from sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _merge_sites_dir(
+    raw: dict[str, Any], base_dir: Path | None, problems: list[str]
+) -> tuple[dict[str, Any], dict[int, str]]:
+    """Append the sites of `sites_dir` (one site or a list of sites per file) to `sites`.
+
+    Returns the merged document and, for each appended site index, the file it came from.
+    """
+    sites_dir = raw.get("sites_dir")
+    sites = raw.get("sites")
+    if not isinstance(sites_dir, str) or not isinstance(sites, list | None):
+        return raw, {}  # validation reports the wrong types
+    directory = (base_dir or Path()) / sites_dir
+    if not directory.is_dir():
+        problems.append(f"sites_dir: {directory} is not a directory")
+        return raw, {}
+    merged: list[Any] = list(sites or [])
+    origin: dict[int, str] = {}
+    for file in _site_files(directory):
+        doc = _read_yaml(file, problems, str(file))
+        for site in doc if isinstance(doc, list) else [doc] if doc is not None else []:
+            origin[len(merged)] = str(file)
+            merged.append(_substitute(site, f"sites[{len(merged)}]", problems))
+    return {**raw, "sites": merged}, origin
+
+
+def _with_origin(problem: str, origin: dict[int, str]) -> str:
+    """Name the file a problem of a `sites_dir` site comes from."""
+    m = re.match(r"sites\[(\d+)\]", problem)
+    if m and int(m.group(1)) in origin:
+        return f"{problem} (in {origin[int(m.group(1))]})"
+    return problem
+
+
+def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Config:
+    """Validate an already-parsed document; raise ConfigError with every problem.
+
+    Sites from `sites_dir` are appended to `sites`: their errors carry their index in the
+    merged list (`sites[3].cameras[1].url`) and the name of their file.
+    """
+    problems: list[str] = []
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping of sections"], source)
+    raw = _substitute(raw, "", problems)
+    raw, origin = _merge_sites_dir(raw, base_dir, problems)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_format_errors(exc))
+        config = None
+    if problems or config is None:
+        raise ConfigError([_with_origin(p, origin) for p in problems], source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a config file.
+
+    `sites_dir` is relative to the config file; `node.data_dir` to the working directory,
+    like any path given on a command line.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    raw = _read_yaml(path, problems, str(path))
+    if problems:
+        raise ConfigError(problems, str(path))
+    return parse_config(raw, base_dir=path.parent, source=str(path))

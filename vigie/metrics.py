@@ -1,0 +1,72 @@
+"""Prometheus metrics of one node, in a registry of its own (several nodes can share a
+process in tests). Labels are bounded: site, sensor, kind, severity, reason; never a secret."""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from vigie import __version__
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self, node: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        Info("vigie_build", "vigie build information", registry=r).info(
+            {"version": __version__, "python": platform.python_version(), "node": node}
+        )
+        self.sensor_events = Counter(
+            "vigie_sensor_events", "Sensor events stored (first delivery only)",
+            ["site", "kind"], registry=r)
+        self.sensor_duplicates = Counter(
+            "vigie_sensor_duplicates", "Redelivered events recognised and stored once",
+            registry=r)
+        self.ingest_rejected = Counter(
+            "vigie_ingest_rejected", "MQTT messages rejected to the dead-letter table",
+            ["reason"], registry=r)
+        self.mqtt_messages = Counter(
+            "vigie_mqtt_messages", "MQTT messages received", registry=r)
+        self.mqtt_connected = Gauge(
+            "vigie_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
+        self.mqtt_reconnects = Counter(
+            "vigie_mqtt_reconnects", "Connections to the broker after the first", registry=r)
+        self.db_write_queue = Gauge(
+            "vigie_db_write_queue", "Messages received and waiting to be written", registry=r)
+        self.db_write_batches = Histogram(
+            "vigie_db_write_batch_size", "Messages per database write batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000), registry=r)
+        self.db_write_seconds = Histogram(
+            "vigie_db_write_seconds", "Time to commit one batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        self.db_errors = Counter(
+            "vigie_db_errors", "Database operations that failed", ["operation"], registry=r)
+        self.db_up = Gauge("vigie_db_up", "1 while the database answers", registry=r)
+        self.alerts_open = Gauge(
+            "vigie_alerts_open", "Unresolved alerts", ["site", "severity"], registry=r)
+        self.alerts_total = Counter(
+            "vigie_alerts", "Alerts opened", ["site", "kind", "severity"], registry=r)
+        self.event_to_alert = Histogram(
+            "vigie_event_to_alert_seconds", "From receiving an event to its alert committed",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r)
+        self.http_requests = Counter(
+            "vigie_http_requests", "API requests", ["route", "method", "status"], registry=r)
+        self.http_seconds = Histogram(
+            "vigie_http_request_seconds", "API request duration", ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

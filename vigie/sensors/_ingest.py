@@ -1,0 +1,128 @@
+"""The writer: batches of received messages become rows, alerts, then broker acks.
+
+One transaction per batch stores the events, the dead letters, the sensors' latest states
+and the alerts the new events raise. Only after it commits are the messages acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from vigie.alerts import AlertChange, AlertService, Decision, RuleBook
+from vigie.errors import StoreError
+from vigie.metrics import Metrics
+from vigie.events import DeviceStatus, SensorEvent
+from vigie.sensors._handoff import Handoff
+from vigie.sensors._mqtt import Received
+from vigie.store import Store
+from vigie.store._events import (
+    DeadLetter,
+    insert_dead_letters,
+    insert_events,
+    update_sensor_states,
+)
+
+__all__ = ["IngestWriter"]
+
+log = logging.getLogger("vigie.sensors")
+
+Acker = Callable[[int, int], None]
+
+
+class IngestWriter:
+    def __init__(
+        self, store: Store, handoff: Handoff[Received], ack: Acker, rules: RuleBook,
+        alerts: AlertService, metrics: Metrics, batch_size: int,
+    ) -> None:
+        self._store = store
+        self._handoff = handoff
+        self._ack = ack
+        self._rules = rules
+        self._alerts = alerts
+        self._metrics = metrics
+        self._batch_size = batch_size
+        # When each sensor last spoke, for the heartbeat monitor.
+        self.last_seen: dict[tuple[str, str], datetime] = {}
+        self.written = 0
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._handoff.get_batch(self._batch_size)
+            self._metrics.db_write_queue.set(len(self._handoff) + len(batch))
+            await self._write_until_done(batch)
+            self._metrics.db_write_queue.set(len(self._handoff))
+
+    async def drain(self) -> None:
+        """Write whatever is already received (graceful shutdown)."""
+        while len(self._handoff):
+            await self._write_until_done(await self._handoff.get_batch(self._batch_size))
+
+    async def _write_until_done(self, batch: list[Received]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._write(batch)
+                self._metrics.db_up.set(1)
+                return
+            except StoreError as exc:
+                # Not acknowledged, so not lost: retry with backoff. Meanwhile the hand-off
+                # fills and the broker keeps what follows.
+                self._metrics.db_errors.labels("write_events").inc()
+                self._metrics.db_up.set(0)
+                log.warning("cannot store %d message(s), retrying in %.1fs: %s",
+                            len(batch), delay, exc)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 10.0)
+
+    async def _write(self, batch: list[Received]) -> None:
+        events: list[SensorEvent] = []
+        statuses: list[DeviceStatus] = []
+        dead: list[DeadLetter] = []
+        for item in batch:
+            if isinstance(item.body, list):
+                events.extend(item.body)
+            elif isinstance(item.body, DeviceStatus):
+                statuses.append(item.body)
+            else:
+                dead.append(item.body)
+        started = time.perf_counter()
+        changes: list[AlertChange] = []
+        async with self._store.transaction() as conn:
+            new_ids = await insert_events(conn, events)
+            fresh = [e for e in events if e.dedup_key in new_ids]
+            await update_sensor_states(conn, fresh)
+            await insert_dead_letters(conn, dead)
+            if statuses:
+                await conn.executemany(
+                    "UPDATE sensors SET online = $3 WHERE site = $1 AND id = $2",
+                    [(s.site, s.sensor, s.online) for s in statuses])
+            decisions: list[Decision] = []
+            for e in fresh:
+                decisions.extend(self._rules.for_event(e, new_ids[e.dedup_key]))
+            for s in statuses:
+                decisions.extend(self._rules.for_status(s))
+            changes = await self._alerts.apply(conn, decisions)
+        self._metrics.db_write_seconds.observe(time.perf_counter() - started)
+        self._metrics.db_write_batches.observe(len(batch))
+        for item in batch:
+            self._ack(item.mid, item.qos)
+        self._account(events, fresh, dead)
+        self._alerts.publish(changes)
+
+    def _account(self, events: list[SensorEvent], fresh: list[SensorEvent],
+                 dead: list[DeadLetter]) -> None:
+        self.written += len(fresh)
+        for e in fresh:
+            self._metrics.sensor_events.labels(e.site, e.kind).inc()
+            key = (e.site, e.sensor)
+            if key not in self.last_seen or self.last_seen[key] < e.received_at:
+                self.last_seen[key] = e.received_at
+        if len(events) > len(fresh):
+            self._metrics.sensor_duplicates.inc(len(events) - len(fresh))
+        for d in dead:
+            self._metrics.ingest_rejected.labels(d.reason).inc()
