@@ -204,7 +204,7 @@ async def test_zigbee2mqtt_door_battery_and_availability(node: Node, api: Api) -
     await eventually(lambda: _kinds_are(api, {"battery_low", "device_offline"}))
     publish(pub, f"{z2m}/availability", {"state": "online"})
     await eventually(lambda: _kinds_are(api, {"battery_low"}))
-    status, body = await api.call("GET", "/api/v1/sensors?site=clg-jean-moulin")
+    _, body = await api.call("GET", "/api/v1/sensors?site=clg-jean-moulin")
     [cour] = [s for s in body["items"] if s["id"] == "contact-cour"]
     assert cour["last_state"] == "closed" and cour["battery"] == 12 and cour["online"] is True
     pub.loop_stop()

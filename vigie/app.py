@@ -68,6 +68,8 @@ class Node:
         if self.subscriber is not None:
             checks["mqtt"] = "ok" if self.subscriber.connected else (
                 f"not connected to {self.subscriber.endpoint}")
+        if self.writer is not None:
+            checks["ingest"] = self.writer.failing or "ok"
         for name, task in self.tasks.items():
             if task.done():
                 checks[f"loop:{name}"] = "stopped"
@@ -115,7 +117,7 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     handoff: Handoff[Received] = Handoff(config.database.write_queue, asyncio.get_running_loop())
     subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
                                 handoff, node.metrics, node.clock)
-    writer = IngestWriter(node.store, handoff, subscriber.ack, rules, node.alerts,
+    writer = IngestWriter(node.store, handoff, subscriber.ack_many, rules, node.alerts,
                           node.metrics, config.database.batch_size)
     node.subscriber, node.writer = subscriber, writer
     await _seed_last_seen(node.store, writer.last_seen)

@@ -90,7 +90,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
              for k in SENSOR_KINDS}
     print(f"{path}: ok — {len(config.sites)} site(s), {cameras} camera(s), {sensors} sensor(s)")
     print("  sensors by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.items() if n))
-    print(f"  database: {'embedded under ' + str(config.node.data_dir) if config.database.dsn is None else 'external'}"
+    database = ("external" if config.database.dsn is not None
+                else f"embedded under {config.node.data_dir}")
+    print(f"  database: {database}"
           f"; mqtt: {redact_text(config.mqtt.url)} as {config.mqtt_client_id}"
           f"; api: {config.api.listen}")
     return 0
@@ -140,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "info", "json" if args.json_logs else "human")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(Path(args.data_dir), args.listen))
+        asyncio.run(run_demo(Path(args.data_dir).resolve(), args.listen))
     return 0
 
 

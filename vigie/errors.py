@@ -12,7 +12,8 @@ class ConfigError(VigieError):
         self.problems = problems
         self.source = source
         head = f"{source}: " if source else ""
-        super().__init__(head + f"{len(problems)} configuration error(s)\n  " + "\n  ".join(problems))
+        lines = "\n  ".join(problems)
+        super().__init__(f"{head}{len(problems)} configuration error(s)\n  {lines}")
 
 
 class StoreError(VigieError):

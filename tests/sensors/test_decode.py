@@ -10,8 +10,8 @@ import pytest
 
 from vigie.config import Config, parse_config
 from vigie.errors import ConfigError, IngestError
+from vigie.events import DeviceStatus, SensorEvent
 from vigie.sensors._decode import REJECT_REASONS, TopicRouter
-from vigie.sensors._event import DeviceStatus, SensorEvent
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SITE = "lycee-a"

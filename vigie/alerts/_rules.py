@@ -80,7 +80,9 @@ class RuleBook:
     def _occurrence(self, rule: AlertRule, event: SensorEvent, event_id: int | None
                     ) -> AlertOccurrence:
         is_open = self._is_open(event.site, event.ts)
-        severity = rule.severity if is_open or rule.severity_closed is None else rule.severity_closed
+        severity = rule.severity
+        if not is_open and rule.severity_closed is not None:
+            severity = rule.severity_closed
         sensor = self._sensors.get((event.site, event.sensor))
         label = (sensor.name if sensor and sensor.name else event.sensor)
         title = rule.title or f"{_TITLES.get(event.kind, event.kind)}: {label}"

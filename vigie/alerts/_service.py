@@ -98,27 +98,30 @@ class AlertService:
             await asyncio.sleep(interval)
 
     async def apply(self, conn: Any, decisions: Sequence[Decision]) -> list[AlertChange]:
-        """Apply decisions in order inside the caller's transaction.
+        """Apply decisions inside the caller's transaction, in a few statements.
 
-        Consecutive raises of one fingerprint are folded into one upsert with their count.
+        Decisions are grouped by fingerprint, keeping each fingerprint's order; round k
+        applies the k-th decision of every fingerprint: its raises in one upsert, its
+        resolves in one update. Consecutive raises of a fingerprint fold into one.
         """
         changes: list[AlertChange] = []
-        for decision in _fold(decisions):
-            if isinstance(decision, Raise):
-                occ = decision.occurrence
-                alert, opened = await q.upsert_alert(conn, occ)
-                self._unresolved.add(occ.fingerprint)
-                self._added_since_refresh.add(occ.fingerprint)
+        for round_ in _rounds(decisions):
+            raises = [d for d in round_ if isinstance(d, Raise)]
+            resolves = [(d.fingerprint, d.at, d.comment) for d in round_
+                        if isinstance(d, Resolve) and d.fingerprint in self._unresolved]
+            for (alert, opened), d in zip(
+                await q.upsert_alerts(conn, [r.occurrence for r in raises]), raises, strict=True
+            ):
+                self._unresolved.add(alert.fingerprint)
+                self._added_since_refresh.add(alert.fingerprint)
                 changes.append(AlertChange("opened" if opened else "repeated", alert))
-                if decision.received_at is not None:
-                    latency = (self._clock() - decision.received_at).total_seconds()
+                if d.received_at is not None:
+                    latency = (self._clock() - d.received_at).total_seconds()
                     self._metrics.event_to_alert.observe(max(latency, 0.0))
-            elif decision.fingerprint in self._unresolved:
-                resolved = await q.resolve_fingerprint(
-                    conn, decision.fingerprint, decision.at, decision.comment)
-                self._unresolved.discard(decision.fingerprint)
-                if resolved is not None:
-                    changes.append(AlertChange("resolved", resolved))
+            for fingerprint, _, _ in resolves:
+                self._unresolved.discard(fingerprint)
+            changes.extend(AlertChange("resolved", a)
+                           for a in await q.resolve_fingerprints(conn, resolves))
         return changes
 
     async def raise_now(self, decisions: Sequence[Decision]) -> list[AlertChange]:
@@ -159,9 +162,9 @@ class AlertService:
         return await self._operator_action("commented", alert_id, actor, comment, sites)
 
 
-def _fold(decisions: Sequence[Decision]) -> list[Decision]:
-    """Group by fingerprint, keeping each fingerprint's order, and fold consecutive raises
-    into one occurrence (count summed, gravest severity kept)."""
+def _rounds(decisions: Sequence[Decision]) -> list[list[Decision]]:
+    """Group by fingerprint (order kept within each), fold consecutive raises (count summed,
+    gravest severity kept), and return round k = the k-th decision of every fingerprint."""
     per_fingerprint: dict[str, list[Decision]] = {}
     for d in decisions:
         fp = d.occurrence.fingerprint if isinstance(d, Raise) else d.fingerprint
@@ -179,4 +182,5 @@ def _fold(decisions: Sequence[Decision]) -> list[Decision]:
             ops[-1] = Raise(merged, prev.received_at)
         else:
             ops.append(d)
-    return [d for ops in per_fingerprint.values() for d in ops]
+    depth = max((len(ops) for ops in per_fingerprint.values()), default=0)
+    return [[ops[k] for ops in per_fingerprint.values() if k < len(ops)] for k in range(depth)]

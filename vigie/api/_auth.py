@@ -48,6 +48,10 @@ class Authenticator:
         if len(self._failures) > 10_000:  # bounded, whatever an attacker does
             self._failures.pop(next(iter(self._failures)))
 
+    def cached(self, token: str) -> bool:
+        entry = self._cache.get(token)
+        return entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS
+
     async def principal(self, token: str, now: datetime) -> Principal | None:
         cached = self._cache.get(token)
         if cached and time.monotonic() - cached[0] < CACHE_SECONDS:

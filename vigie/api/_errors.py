@@ -10,7 +10,7 @@ from aiohttp import web
 from vigie.errors import Conflict, NotFound, StoreUnavailable, VigieError
 from vigie.secrets import redact_text
 
-__all__ = ["ApiError", "error_middleware", "json_error"]
+__all__ = ["ApiError", "error_middleware", "error_response", "json_error"]
 
 log = logging.getLogger("vigie.api")
 
@@ -33,30 +33,39 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except ApiError as exc:
-        return json_error(exc.status, exc.code, exc.message)
-    except NotFound as exc:
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The answer for an exception raised while handling `request`."""
+    if isinstance(exc, ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return json_error(exc.status, exc.code, exc.message, headers=headers)
+    if isinstance(exc, NotFound):
         return json_error(404, "not_found", str(exc))
-    except Conflict as exc:
+    if isinstance(exc, Conflict):
         return json_error(409, "conflict", str(exc))
-    except StoreUnavailable:
+    if isinstance(exc, StoreUnavailable):
         return json_error(503, "database_unavailable",
                           "the database is unavailable; try again shortly",
                           headers={"Retry-After": "5"})
-    except VigieError as exc:
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return json_error(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
+                          exc.reason or "error")
+    if isinstance(exc, VigieError):
         log.error("request %s %s failed: %s", request.method, request.path,
                   redact_text(str(exc)))
-        return json_error(500, "internal", "internal error")
+    else:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+    return json_error(500, "internal", "internal error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """For what happens outside the endpoint table (unknown paths, wrong methods)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
-                          exc.reason or "error")
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return json_error(500, "internal", "internal error")
+        return error_response(request, exc)
+    except Exception as exc:
+        return error_response(request, exc)

@@ -64,7 +64,10 @@ def _event_cursor(raw: str | None) -> tuple[datetime, int] | None:
         return None
     try:
         at, key = alerts_q.decode_cursor(raw)
-        return at, int(key)
+        event_id = int(key)
+        if not 0 < event_id < 2**63:
+            raise ValueError("id out of range")
+        return at, event_id
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
 
@@ -76,22 +79,31 @@ def _scoped_site(p: Principal, site: str | None) -> str | None:
     return site
 
 
-async def _read_comment(request: web.Request, required: bool) -> str | None:
+async def _read_json_object(request: web.Request) -> dict[str, Any] | None:
+    """The body as a JSON object; None when there is no body at all."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "payload_too_large", f"body larger than {MAX_BODY} bytes")
     raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "invalid_body", 'expected a JSON body {"comment": "..."}')
-        return None
     if len(raw) > MAX_BODY:
         raise ApiError(413, "payload_too_large", f"body larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError(400, "invalid_body", "body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(422, "invalid_body", 'expected a JSON object {"comment": "..."}')
+        raise ApiError(422, "invalid_body", "expected a JSON object")
+    return body
+
+
+async def _read_comment(request: web.Request, required: bool) -> str | None:
+    """`{"comment": "..."}`; the comment may be left out unless `required`."""
+    body = await _read_json_object(request)
+    if body is None:
+        if required:
+            raise ApiError(400, "invalid_body", 'expected a JSON body {"comment": "..."}')
+        return None
     unknown = sorted(set(body) - {"comment"})
     if unknown:
         raise ApiError(422, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
@@ -100,6 +112,8 @@ async def _read_comment(request: web.Request, required: bool) -> str | None:
         return None
     if not isinstance(comment, str):
         raise ApiError(422, "invalid_body", "comment: expected a string")
+    if "\x00" in comment:
+        raise ApiError(422, "invalid_body", "comment: must not contain NUL characters")
     if len(comment) > 4000:
         raise ApiError(422, "invalid_body", "comment: at most 4000 characters")
     if required and not comment.strip():

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from vigie import __version__
 from vigie.api._auth import Principal
-from vigie.api._errors import ApiError, error_middleware, json_error
+from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
 from vigie.api._spec import Endpoint, openapi_document, parse_params
@@ -26,6 +26,7 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["Server"] = "vigie"  # not the versions of Python and aiohttp
     return response
 
 
@@ -33,13 +34,15 @@ async def _principal(request: web.Request, ctx: ApiContext, ep: Endpoint) -> Pri
     if ep.roles is None:
         return None
     remote = request.remote or "?"
-    if ctx.auth.throttled(remote):
-        raise ApiError(429, "too_many_failures",
-                       "too many failed authentications from this address; wait a minute")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "missing bearer token")
+    # A known-good token passes even from a throttled address (many users behind one proxy);
+    # unknown tokens from there are refused before any database lookup.
+    if not ctx.auth.cached(token.strip()) and ctx.auth.throttled(remote):
+        raise ApiError(429, "too_many_failures",
+                       "too many failed authentications from this address; wait a minute")
     principal = await ctx.auth.principal(token.strip(), ctx.clock())
     if principal is None:
         ctx.auth.failed(remote)
@@ -59,12 +62,11 @@ def _wrap(ep: Endpoint) -> Any:
             principal = await _principal(request, ctx, ep)
             params = parse_params(request, ep.params)
             response = await ep.handler(request, ctx, principal, params)
-            status = response.status
+        except Exception as exc:
+            response = error_response(request, exc)
+        status = response.status
+        try:
             return response
-        except ApiError as exc:
-            status = exc.status
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            return json_error(exc.status, exc.code, exc.message, headers=headers)
         finally:
             ctx.metrics.http_requests.labels(ep.path, ep.method, str(status)).inc()
             ctx.metrics.http_seconds.labels(ep.path).observe(time.perf_counter() - started)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +22,7 @@ ALL_ROLES = frozenset({"admin", "operator", "technician", "viewer"})
 class Param:
     name: str
     where: str = "query"  # query | path
-    type: str = "string"  # string | integer | date-time | uuid | cursor
+    type: str = "string"  # string | integer | date-time | uuid
     required: bool = False
     enum: tuple[str, ...] = ()
     minimum: int | None = None
@@ -48,35 +48,55 @@ class Param:
         return item
 
 
-def _convert(param: Param, raw: str) -> Any:
-    if param.enum and raw not in param.enum:
-        raise ValueError(f"expected one of {', '.join(param.enum)}")
-    if param.type == "integer":
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError("expected an integer") from None
-        if param.minimum is not None and value < param.minimum:
-            raise ValueError(f"must be at least {param.minimum}")
-        if param.maximum is not None and value > param.maximum:
-            raise ValueError(f"must be at most {param.maximum}")
-        return value
-    if param.type == "date-time":
-        try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError("expected an RFC 3339 timestamp, e.g. 2026-11-28T08:00:00Z") from None
-        if parsed.tzinfo is None:
-            raise ValueError("timestamp needs a time zone (Z or +01:00)")
-        return parsed
-    if param.type == "uuid":
-        try:
-            return uuid.UUID(raw)
-        except ValueError:
-            raise ValueError("expected a UUID") from None
+def _integer(param: Param, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+    if param.minimum is not None and value < param.minimum:
+        raise ValueError(f"must be at least {param.minimum}")
+    if param.maximum is not None and value > param.maximum:
+        raise ValueError(f"must be at most {param.maximum}")
+    return value
+
+
+def _timestamp(param: Param, raw: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("expected an RFC 3339 timestamp, e.g. 2026-11-28T08:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise ValueError("timestamp needs a time zone (Z or +01:00)")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
+
+
+def _uuid(param: Param, raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ValueError("expected a UUID") from None
+
+
+def _string(param: Param, raw: str) -> str:
     if len(raw) > 512:
         raise ValueError("too long")
     return raw
+
+
+_CONVERTERS: dict[str, Callable[[Param, str], Any]] = {
+    "integer": _integer, "date-time": _timestamp, "uuid": _uuid, "string": _string,
+}
+
+
+def _convert(param: Param, raw: str) -> Any:
+    if "\x00" in raw:  # PostgreSQL text cannot hold NUL: refuse it here, not with a 500
+        raise ValueError("must not contain NUL characters")
+    if param.enum and raw not in param.enum:
+        raise ValueError(f"expected one of {', '.join(param.enum)}")
+    return _CONVERTERS[param.type](param, raw)
 
 
 def parse_params(request: web.Request, params: tuple[Param, ...]) -> dict[str, Any]:
@@ -87,6 +107,8 @@ def parse_params(request: web.Request, params: tuple[Param, ...]) -> dict[str, A
         raise ApiError(400, "invalid_query", f"unknown query parameter(s): {', '.join(unknown)}")
     out: dict[str, Any] = {}
     for p in params:
+        if p.where == "query" and len(request.query.getall(p.name, ())) > 1:
+            raise ApiError(400, "invalid_query", f"{p.name}: given more than once")
         source = request.match_info if p.where == "path" else request.query
         raw = source.get(p.name)
         if raw is None or raw == "":
@@ -94,8 +116,6 @@ def parse_params(request: web.Request, params: tuple[Param, ...]) -> dict[str, A
                 raise ApiError(400, "invalid_query", f"{p.name}: required")
             out[p.name] = p.default
             continue
-        if p.where == "query" and len(request.query.getall(p.name)) > 1:
-            raise ApiError(400, "invalid_query", f"{p.name}: given more than once")
         try:
             if p.many:
                 out[p.name] = [_convert(p, part) for part in raw.split(",") if part]
@@ -133,7 +153,8 @@ class Endpoint:
 def _responses(ep: Endpoint) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "OK"}
     if ep.response:
-        ok["content"] = {ep.content_type: {"schema": {"$ref": f"#/components/schemas/{ep.response}"}}}
+        ref = {"$ref": f"#/components/schemas/{ep.response}"}
+        ok["content"] = {ep.content_type: {"schema": ref}}
     elif ep.content_type != "application/json":
         ok["content"] = {ep.content_type: {"schema": {"type": "string"}}}
     out: dict[str, Any] = {str(s): ok for s in ep.statuses}
@@ -143,10 +164,13 @@ def _responses(ep: Endpoint) -> dict[str, Any]:
     if ep.roles is not None:
         out["401"] = {"description": "Missing or invalid token", **err}
         out["403"] = {"description": "Role not allowed", **err}
+        out["429"] = {"description": "Too many failed authentications", **err}
+        out["503"] = {"description": "Database unavailable", **err}
     if any(p.where == "path" for p in ep.params):
         out["404"] = {"description": "Not found", **err}
     if ep.body:
         out["409"] = {"description": "Conflicts with the current state", **err}
+        out["413"] = {"description": "Body too large", **err}
         out["422"] = {"description": "Body is valid JSON but not acceptable", **err}
     return out
 

@@ -1,7 +1,7 @@
 """Sensor events over MQTT: subscribe, decode, hand off to the writer, acknowledge."""
 
-from vigie.sensors._decode import TopicRouter
 from vigie.events import DeviceStatus, SensorEvent
+from vigie.sensors._decode import TopicRouter
 from vigie.sensors._heartbeat import HeartbeatMonitor
 from vigie.sensors._ingest import IngestWriter
 from vigie.sensors._mqtt import MqttSubscriber, Received

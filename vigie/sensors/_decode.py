@@ -20,7 +20,7 @@ import orjson
 
 from vigie.config import Config, JsonMapping, SensorConfig
 from vigie.errors import ConfigError, IngestError
-from vigie.sensors._event import DeviceStatus, SensorEvent
+from vigie.events import DeviceStatus, SensorEvent
 
 __all__ = ["REJECT_REASONS", "TopicRouter"]
 
@@ -37,9 +37,11 @@ REJECT_REASONS: Final = (
 
 Decoded: TypeAlias = "list[SensorEvent] | DeviceStatus"
 
-# JSON whitespace (tab, LF, CR) is text; every other C0 control and DEL means binary.
+# JSON whitespace (tab, LF, CR) is text; every other C0 control, DEL and C1 means binary.
 _C0: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _C1: Final = re.compile("[\x80-\x9f]")
+# The controls valid JSON may still hold, in UTF-8: DEL and C1 (U+0080 to U+009F).
+_C1_UTF8: Final = re.compile(rb"\xc2[\x80-\x9f]")
 # PostgreSQL cannot store NUL in text or jsonb, so an escaped one would poison a write batch.
 _ESCAPED_NUL: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _CONTROL_IN_FIELD: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -170,7 +172,6 @@ class TopicRouter:
         route = self._routes.get(topic)
         if route is None:
             raise self._unrouted(topic)
-        _check_text(payload)
         return route.handler(route, topic, payload, received_at)
 
     def _add_sensor(self, site: str, sensor: SensorConfig) -> None:
@@ -250,16 +251,21 @@ def _check_text(payload: bytes) -> None:
             raise _error("binary", "payload is not valid UTF-8") from None
         if _C1.search(text) is not None:
             raise _error("binary", "control character in payload")
-    if b"\\u0000" in payload and _ESCAPED_NUL.search(payload) is not None:
-        raise _error("binary", "escaped NUL character (\\u0000) in payload")
 
 
 def _load(payload: bytes) -> Any:
     try:
-        return orjson.loads(payload)
+        doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
+        _check_text(payload)  # binary rather than not_json, when it is
         # orjson's messages name the problem, never the input.
         raise _error("not_json", f"not valid JSON: {exc.msg[:120]} (at char {exc.pos})") from None
+    # orjson has refused invalid UTF-8 and raw C0 controls; what valid JSON can still hold:
+    if b"\x7f" in payload or (not payload.isascii() and _C1_UTF8.search(payload) is not None):
+        raise _error("binary", "control character in payload")
+    if b"\\u0000" in payload and _ESCAPED_NUL.search(payload) is not None:
+        raise _error("binary", "escaped NUL character (\\u0000) in payload")
+    return doc
 
 
 def _object(doc: Any) -> dict[str, Any]:
@@ -351,6 +357,7 @@ def _dedup_key(route: _Route, device_id: str | None, timed: bool, topic: str,
 
 def _decode_status(route: _Route, topic: str, payload: bytes,
                    received_at: datetime) -> DeviceStatus:
+    _check_text(payload)
     word: Any = payload.strip().decode("utf-8").lower()
     if not word:
         raise _invalid("empty status payload")

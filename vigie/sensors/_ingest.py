@@ -10,13 +10,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from vigie.alerts import AlertChange, AlertService, Decision, RuleBook
 from vigie.errors import StoreError
-from vigie.metrics import Metrics
 from vigie.events import DeviceStatus, SensorEvent
+from vigie.metrics import Metrics
 from vigie.sensors._handoff import Handoff
 from vigie.sensors._mqtt import Received
 from vigie.store import Store
@@ -31,7 +32,7 @@ __all__ = ["IngestWriter"]
 
 log = logging.getLogger("vigie.sensors")
 
-Acker = Callable[[int, int], None]
+Acker = Callable[[Sequence[Received]], None]
 
 
 class IngestWriter:
@@ -49,6 +50,7 @@ class IngestWriter:
         # When each sensor last spoke, for the heartbeat monitor.
         self.last_seen: dict[tuple[str, str], datetime] = {}
         self.written = 0
+        self.failing = ""  # why the last write failed; empty when writes succeed
 
     async def run(self) -> None:
         while True:
@@ -63,21 +65,28 @@ class IngestWriter:
             await self._write_until_done(await self._handoff.get_batch(self._batch_size))
 
     async def _write_until_done(self, batch: list[Received]) -> None:
+        """Retry until written: unacknowledged, a message is never lost, so waiting is safe.
+        Meanwhile the hand-off fills and the broker keeps what follows."""
         delay = 0.1
         while True:
             try:
                 await self._write(batch)
+                self.failing = ""
                 self._metrics.db_up.set(1)
                 return
             except StoreError as exc:
-                # Not acknowledged, so not lost: retry with backoff. Meanwhile the hand-off
-                # fills and the broker keeps what follows.
+                self.failing = f"cannot store messages: {exc}"
                 self._metrics.db_errors.labels("write_events").inc()
                 self._metrics.db_up.set(0)
                 log.warning("cannot store %d message(s), retrying in %.1fs: %s",
                             len(batch), delay, exc)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, 10.0)
+            except Exception as exc:  # a bug must not stop ingestion for good
+                self.failing = f"ingest error: {exc!r}"
+                self._metrics.db_errors.labels("write_events").inc()
+                log.exception("unexpected error writing %d message(s), retrying in %.1fs",
+                              len(batch), delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 10.0)
 
     async def _write(self, batch: list[Received]) -> None:
         events: list[SensorEvent] = []
@@ -109,20 +118,22 @@ class IngestWriter:
             changes = await self._alerts.apply(conn, decisions)
         self._metrics.db_write_seconds.observe(time.perf_counter() - started)
         self._metrics.db_write_batches.observe(len(batch))
-        for item in batch:
-            self._ack(item.mid, item.qos)
+        self._ack(batch)
         self._account(events, fresh, dead)
         self._alerts.publish(changes)
 
     def _account(self, events: list[SensorEvent], fresh: list[SensorEvent],
                  dead: list[DeadLetter]) -> None:
         self.written += len(fresh)
+        last_seen = self.last_seen
         for e in fresh:
-            self._metrics.sensor_events.labels(e.site, e.kind).inc()
             key = (e.site, e.sensor)
-            if key not in self.last_seen or self.last_seen[key] < e.received_at:
-                self.last_seen[key] = e.received_at
+            if key not in last_seen or last_seen[key] < e.received_at:
+                last_seen[key] = e.received_at
+        # One counter update per label set and batch, not one per event.
+        for (site, kind), n in Counter((e.site, e.kind) for e in fresh).items():
+            self._metrics.sensor_events.labels(site, kind).inc(n)
         if len(events) > len(fresh):
             self._metrics.sensor_duplicates.inc(len(events) - len(fresh))
-        for d in dead:
-            self._metrics.ingest_rejected.labels(d.reason).inc()
+        for reason, n in Counter(d.reason for d in dead).items():
+            self._metrics.ingest_rejected.labels(reason).inc(n)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,15 +24,17 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from vigie.config import MqttConfig
 from vigie.errors import IngestError
+from vigie.events import DeviceStatus, SensorEvent
 from vigie.metrics import Metrics
 from vigie.sensors._decode import TopicRouter
-from vigie.events import DeviceStatus, SensorEvent
 from vigie.sensors._handoff import Handoff
 from vigie.store._events import DeadLetter
 
 __all__ = ["MqttSubscriber", "Received"]
 
 log = logging.getLogger("vigie.sensors")
+
+_PUBACK = struct.Struct("!BBH")  # type, remaining length (2), packet id
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,22 @@ class MqttSubscriber:
         """Acknowledge a message to the broker (safe from any thread)."""
         if qos > 0:
             self._client.ack(mid, qos)
+
+    def ack_many(self, received: Sequence[Received]) -> None:
+        """Acknowledge a batch of QoS 1 messages with one write.
+
+        paho queues each PUBACK separately, waking its thread once per message; at tens of
+        thousands of messages a second that costs more than the database write. A PUBACK is
+        four bytes, so the batch goes out as one buffer of concatenated PUBACKs (paho only
+        looks at the command of queued packets to detect QoS 0 PUBLISHes). QoS 2 messages,
+        rare on sensors, take paho's own path.
+        """
+        blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in received if r.qos == 1)
+        if blob:
+            self._client._packet_queue(0x40, blob, 0, 1)
+        for r in received:
+            if r.qos == 2:
+                self._client.ack(r.mid, 2)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)

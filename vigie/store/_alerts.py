@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from vigie.errors import Conflict, NotFound
@@ -28,7 +29,9 @@ __all__ = [
     "open_counts",
     "resolve",
     "resolve_fingerprint",
+    "resolve_fingerprints",
     "upsert_alert",
+    "upsert_alerts",
 ]
 
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "info": 3}
@@ -117,7 +120,12 @@ _COLUMNS = ", ".join(Alert.__slots__)
 _UPSERT = f"""
 INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, state, title,
                     details, opened_at, last_seen_at, count, event_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $10, $11, $12)
+SELECT gen_random_uuid(), fingerprint, site, source, source_type, kind, severity, 'open',
+       title, details, at, at, count, event_id
+FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[])
+     AS o(n, fingerprint, site, source, source_type, kind, severity, title, details, at,
+          count, event_id)
 ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO UPDATE SET
     count = alerts.count + EXCLUDED.count,
     last_seen_at = greatest(alerts.last_seen_at, EXCLUDED.last_seen_at),
@@ -133,35 +141,83 @@ INSERT INTO alert_history (alert_id, at, actor, action, comment, details)
 VALUES ($1, $2, $3, $4, $5, $6)
 """
 
+_HISTORY_MANY = """
+INSERT INTO alert_history (alert_id, at, actor, action, comment, details)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                     $6::jsonb[])
+"""
+
+
+async def upsert_alerts(
+    conn: Any, occurrences: Sequence[AlertOccurrence]
+) -> list[tuple[Alert, bool]]:
+    """Open alerts, or fold occurrences into the unresolved ones, in one statement.
+
+    Each fingerprint may appear once (ON CONFLICT cannot touch a row twice). Returns each
+    alert with True if this call opened it, in the order of `occurrences`.
+    """
+    if not occurrences:
+        return []
+    occ = occurrences
+    rows = await conn.fetch(
+        _UPSERT, list(range(len(occ))), [o.fingerprint for o in occ],
+        [o.site for o in occ], [o.source for o in occ], [o.source_type for o in occ],
+        [o.kind for o in occ], [o.severity for o in occ], [o.title for o in occ],
+        [o.details for o in occ], [o.at for o in occ], [o.count for o in occ],
+        [o.event_id for o in occ],
+    )
+    by_fingerprint = {r["fingerprint"]: (Alert.from_row(r), bool(r["inserted"])) for r in rows}
+    result = [by_fingerprint[o.fingerprint] for o in occ]
+    opened = [(alert, o) for (alert, inserted), o in zip(result, occ, strict=True) if inserted]
+    if opened:
+        await conn.execute(
+            _HISTORY_MANY, [a.id for a, _ in opened], [o.at for _, o in opened],
+            ["vigie"] * len(opened), ["opened"] * len(opened), [None] * len(opened),
+            [{"severity": o.severity, **({"event_id": o.event_id} if o.event_id else {})}
+             for _, o in opened],
+        )
+    return result
+
 
 async def upsert_alert(conn: Any, occ: AlertOccurrence) -> tuple[Alert, bool]:
     """Open an alert, or fold the occurrence into the unresolved one; True if opened."""
-    row = await conn.fetchrow(
-        _UPSERT, uuid.uuid4(), occ.fingerprint, occ.site, occ.source, occ.source_type, occ.kind,
-        occ.severity, occ.title, occ.details, occ.at, occ.count, occ.event_id,
+    [result] = await upsert_alerts(conn, [occ])
+    return result
+
+
+async def resolve_fingerprints(
+    conn: Any, items: Sequence[tuple[str, datetime, str]], actor: str = "vigie"
+) -> list[Alert]:
+    """Resolve the unresolved alerts of these fingerprints (sources that recovered).
+
+    `items` are (fingerprint, at, comment), one per fingerprint; fingerprints without an
+    unresolved alert are skipped.
+    """
+    if not items:
+        return []
+    rows = await conn.fetch(
+        f"""UPDATE alerts SET state = 'resolved', resolved_by = $4, resolved_at = r.at
+            FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS r(fingerprint, at, comment)
+            WHERE alerts.fingerprint = r.fingerprint AND alerts.state <> 'resolved'
+            RETURNING {', '.join('alerts.' + c for c in Alert.__slots__)}, r.comment""",
+        [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], actor,
     )
-    alert = Alert.from_row(row)
-    if row["inserted"]:
-        await conn.execute(_HISTORY, alert.id, occ.at, "vigie", "opened", None,
-                           {"severity": occ.severity, **({"event_id": occ.event_id}
-                                                          if occ.event_id else {})})
-    return alert, bool(row["inserted"])
+    alerts = [Alert.from_row(r) for r in rows]
+    if alerts:
+        await conn.execute(
+            _HISTORY_MANY, [a.id for a in alerts], [a.resolved_at for a in alerts],
+            [actor] * len(alerts), ["resolved"] * len(alerts), [r["comment"] for r in rows],
+            [{"auto": True}] * len(alerts),
+        )
+    return alerts
 
 
 async def resolve_fingerprint(
     conn: Any, fingerprint: str, at: datetime, comment: str, actor: str = "vigie"
 ) -> Alert | None:
-    """Resolve the unresolved alert of a fingerprint, if any (a source that recovered)."""
-    row = await conn.fetchrow(
-        f"""UPDATE alerts SET state = 'resolved', resolved_by = $2, resolved_at = $3
-            WHERE fingerprint = $1 AND state <> 'resolved' RETURNING {_COLUMNS}""",
-        fingerprint, actor, at,
-    )
-    if row is None:
-        return None
-    alert = Alert.from_row(row)
-    await conn.execute(_HISTORY, alert.id, at, actor, "resolved", comment, {"auto": True})
-    return alert
+    """Resolve the unresolved alert of a fingerprint, if any."""
+    alerts = await resolve_fingerprints(conn, [(fingerprint, at, comment)], actor)
+    return alerts[0] if alerts else None
 
 
 async def _transition(
@@ -239,7 +295,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     parsed = datetime.fromisoformat(at)
     if parsed.tzinfo is None:
         raise ValueError("malformed cursor")
-    return parsed, key
+    try:
+        return parsed.astimezone(UTC), key
+    except OverflowError:
+        raise ValueError("malformed cursor") from None
 
 
 async def list_alerts(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -96,6 +97,7 @@ class _Cluster:
     account: _Account | None
     log_path: Path
     initialised: bool
+    lock: int  # descriptor holding the data directory's lock while the server runs
 
 
 @asynccontextmanager
@@ -107,26 +109,30 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
         cluster = await asyncio.to_thread(_prepare, data_dir)
     except OSError as exc:
         raise StoreError(f"embedded PostgreSQL under {data_dir}: {exc}") from exc
-    proc = await _spawn(cluster)
     try:
-        version = await _wait_ready(proc, cluster)
-    except BaseException:
-        await _stop(proc, cluster)
-        raise
-    log.info(
-        "embedded PostgreSQL %s ready in %.2fs (%s, pid %d, socket %s)",
-        version, time.monotonic() - started,
-        "new cluster" if cluster.initialised else "existing cluster", proc.pid, cluster.socket_dir,
-    )
-    try:
-        yield _dsn(cluster)
-    finally:
-        stopping = time.monotonic()
-        status = await _stop(proc, cluster)
+        proc = await _spawn(cluster)
+        try:
+            version = await _wait_ready(proc, cluster)
+        except BaseException:
+            await _stop(proc, cluster)
+            raise
         log.info(
-            "embedded PostgreSQL stopped in %.2fs (exit status %s)",
-            time.monotonic() - stopping, status,
+            "embedded PostgreSQL %s ready in %.2fs (%s, pid %d, socket %s)",
+            version, time.monotonic() - started,
+            "new cluster" if cluster.initialised else "existing cluster", proc.pid,
+            cluster.socket_dir,
         )
+        try:
+            yield _dsn(cluster)
+        finally:
+            stopping = time.monotonic()
+            status = await _stop(proc, cluster)
+            log.info(
+                "embedded PostgreSQL stopped in %.2fs (exit status %s)",
+                time.monotonic() - stopping, status,
+            )
+    finally:
+        os.close(cluster.lock)
 
 
 def _dsn(cluster: _Cluster) -> str:
@@ -142,12 +148,40 @@ def _prepare(data_dir: Path) -> _Cluster:
     bin_dir = _bin_dir()
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(data_dir)
+    try:
+        return _prepare_locked(bin_dir, data_dir, lock)
+    except BaseException:
+        os.close(lock)
+        raise
+
+
+def _lock(data_dir: Path) -> int:
+    # Two vigie processes on one data directory would race through initdb: the second stops
+    # here. The kernel drops the lock with the process, however it ends.
+    lock = os.open(data_dir / ".postgres.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise StoreError(
+            f"another vigie process runs the embedded PostgreSQL of {data_dir}: "
+            "give each node its own node.data_dir"
+        ) from None
+    return lock
+
+
+def _prepare_locked(bin_dir: Path, data_dir: Path, lock: int) -> _Cluster:
     pgdata = data_dir / "postgres"
+    initialised = not (pgdata / "PG_VERSION").exists()
+    if initialised and pgdata.exists():
+        if any(pgdata.iterdir()):
+            raise StoreError(f"{pgdata} is not a PostgreSQL cluster (no PG_VERSION): move it away")
+        pgdata.rmdir()
     account = _server_account(pgdata)
     if account is not None:
         for target in (bin_dir / "postgres", pgdata):
             _require_reachable(target, account)
-    initialised = not (pgdata / "PG_VERSION").exists()
     if initialised:
         _initdb(bin_dir, pgdata, account)
     _wait_for_previous_server(pgdata)
@@ -156,7 +190,9 @@ def _prepare(data_dir: Path) -> _Cluster:
     with contextlib.suppress(FileNotFoundError):
         if log_path.stat().st_size > _LOG_ROTATE_BYTES:
             log_path.replace(log_path.with_name("server.log.1"))
-    return _Cluster(bin_dir, pgdata, socket_dir, own_socket_dir, account, log_path, initialised)
+    return _Cluster(
+        bin_dir, pgdata, socket_dir, own_socket_dir, account, log_path, initialised, lock
+    )
 
 
 def _bin_dir() -> Path:
@@ -281,8 +317,8 @@ def _wait_for_previous_server(pgdata: Path, timeout: float = 10.0) -> None:
     while (pid := _live_postmaster(pgdata)) is not None:
         if time.monotonic() > deadline:
             raise StoreError(
-                f"a PostgreSQL server (pid {pid}) is already running on {pgdata}: is another "
-                "vigie process using the same node.data_dir?"
+                f"a PostgreSQL server (pid {pid}) left by an earlier run still holds {pgdata}: "
+                f"stop it (kill -INT {pid}) and start again"
             )
         time.sleep(0.05)
 
@@ -316,8 +352,12 @@ def _socket_dir(pgdata: Path, account: _Account | None) -> tuple[Path, bool]:
 
 
 def _environment() -> dict[str, str]:
-    # libpq-style PG* variables (PGPORT, PGDATA, …) must not steer the embedded server.
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # Only what the server needs: none of vigie's secrets (it may run as another user), and no
+    # PG* variable (PGPORT, PGDATA, …) to steer it.
+    env = {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
+    if "TZ" in os.environ:
+        env["TZ"] = os.environ["TZ"]
+    return env
 
 
 # --- the server process (on the event loop) --------------------------------------------------
@@ -348,9 +388,8 @@ async def _spawn(cluster: _Cluster) -> asyncio.subprocess.Process:
                 cwd=cluster.pgdata, env=_environment(), start_new_session=True, **extra,
             )
     except OSError as exc:
-        raise StoreError(f"cannot start the embedded PostgreSQL in {cluster.pgdata}: {exc}") from (
-            exc
-        )
+        detail = f"cannot start the embedded PostgreSQL in {cluster.pgdata}: {exc}"
+        raise StoreError(detail) from exc
 
 
 def _open_log(cluster: _Cluster) -> BinaryIO:

@@ -56,9 +56,11 @@ class Store:
                 init=_init_connection,
             )
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {redact_text(str(exc))}") from None
+            reason = redact_text(str(exc))
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {reason}") from None
         except asyncpg.PostgresError as exc:
-            raise StoreError(f"PostgreSQL refused the connection: {redact_text(str(exc))}") from None
+            reason = redact_text(str(exc))
+            raise StoreError(f"PostgreSQL refused the connection: {reason}") from None
         return cls(pool)
 
     async def close(self) -> None:
