@@ -5,7 +5,6 @@ a Mosquitto broker of our own on a free port (or the one on 127.0.0.1:1883 if th
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -15,12 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
+from tests.pg import temporary_database
 from vigie.config import Config, parse_config
-
-PG_ADMIN_DSN = os.environ.get("VIGIE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def free_port() -> int:
@@ -96,36 +93,15 @@ def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def pg_dsn() -> AsyncIterator[str]:
     """A database of its own for this test session, dropped at the end."""
-    name = f"vigie_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with temporary_database("vigie_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture
 async def fresh_dsn(pg_dsn: str) -> AsyncIterator[str]:
     """A database of its own for one test (migrations, isolation-sensitive tests)."""
-    name = f"vigie_t_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with temporary_database("vigie_t") as dsn:
+        yield dsn
 
 
 SITES: list[dict[str, Any]] = [

@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import asyncpg
 import jsonschema
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.conftest import PG_ADMIN_DSN, make_config
+from tests.conftest import make_config
+from tests.pg import temporary_database
 from vigie.api._routes import endpoints
 from vigie.app import Node, running_node
 from vigie.store._alerts import AlertOccurrence, upsert_alert
@@ -180,24 +180,6 @@ class Api:
 
 
 @asynccontextmanager
-async def _database() -> AsyncIterator[str]:
-    name = f"vigie_api_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-@asynccontextmanager
 async def _api_for(node: Node) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         async with session.get(node.api_url + "/api/v1/openapi.json") as r:
@@ -249,8 +231,9 @@ async def api(node: Node) -> AsyncIterator[Api]:
 @pytest.fixture(scope="module")
 async def shared() -> AsyncIterator[Node]:
     """One node for the tests that only read, or that create the alert they change."""
-    async with _database() as dsn, running_node(make_config(dsn, NO_MQTT),
-                                                with_mqtt=False) as node:
+    async with temporary_database("vigie_api") as dsn, running_node(
+        make_config(dsn, NO_MQTT), with_mqtt=False
+    ) as node:
         for site in (JM, PASTEUR):
             await open_alert(node, site)
         await add_events(node, [(JM, "porte-hall", "door", "open", T0),

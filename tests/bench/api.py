@@ -37,7 +37,6 @@ import socket
 import statistics
 import sys
 import time
-import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.pg import create_database, drop_database  # noqa: E402
 from vigie.app import Node, running_node  # noqa: E402
 from vigie.config import SENSOR_KINDS, Config, parse_config  # noqa: E402
 from vigie.store import Store  # noqa: E402
@@ -56,7 +56,6 @@ from vigie.store import _alerts as alerts_q  # noqa: E402
 from vigie.store import _events as events_q  # noqa: E402
 from vigie.store._tokens import create_token  # noqa: E402
 
-PG_ADMIN = os.environ.get("VIGIE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_P99 = 0.025
 SENSORS_PER_SITE = 10
 WARMUP = 3.0
@@ -165,24 +164,6 @@ SELECT 'bench-' || i, 'clg-bench-' || lpad((i % $2)::text, 3, '0'),
 FROM (SELECT i, now() - i * (interval '30 days' / $1) AS ts
       FROM generate_series(0, $1 - 1) AS i) s
 """
-
-
-async def create_database() -> str:
-    name = f"vigie_bench_api_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name
-
-
-async def drop_database(name: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def load(dsn: str, alerts: int, events: int, sites: int) -> None:
@@ -403,11 +384,11 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    name = await create_database()
+    dsn = await create_database("vigie_bench_api")
     try:
-        await bench(args, f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}")
+        await bench(args, dsn)
     finally:
-        await drop_database(name)
+        await drop_database(dsn)
 
 
 def parse_args() -> argparse.Namespace:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from vigie.events import SensorEvent
-from vigie.store._alerts import encode_cursor
+from vigie.store._alerts import Filters, encode_cursor, json_page
 
 __all__ = [
     "DeadLetter",
@@ -95,45 +95,26 @@ async def list_dead_letters(conn: Any, limit: int) -> list[dict[str, Any]]:
     return [{**dict(r), "received_at": r["received_at"].isoformat()} for r in rows]
 
 
-def _event_json(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"], "site": row["site"], "sensor": row["sensor"], "kind": row["kind"],
-        "state": row["state"], "zone": row["zone"], "ts": row["ts"].isoformat(),
-        "received_at": row["received_at"].isoformat(), "data": row["data"],
-    }
-
-
 async def list_events(
     conn: Any, *, site: str | None, sensor: str | None, kind: str | None,
     since: datetime | None, until: datetime | None, sites: frozenset[str] | None,
     limit: int, cursor: tuple[datetime, int] | None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first; keyset pagination on (ts, id)."""
-    where, args = [], []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+) -> tuple[str, str | None]:
+    """A page of events, newest first, as a JSON array (text) and the next cursor."""
+    where = Filters()
     for column, value in (("site", site), ("sensor", sensor), ("kind", kind)):
         if value:
-            where.append(f"{column} = {arg(value)}")
+            where.add(f"{column} = {{}}", value)
     if since:
-        where.append(f"ts >= {arg(since)}")
+        where.add("ts >= {}", since)
     if until:
-        where.append(f"ts < {arg(until)}")
+        where.add("ts < {}", until)
     if sites is not None:
-        where.append(f"site = ANY({arg(sorted(sites))}::text[])")
+        where.add("site = ANY({}::text[])", sorted(sites))
     if cursor:
-        where.append(f"(ts, id) < ({arg(cursor[0])}, {arg(cursor[1])})")
-    sql = "SELECT id, site, sensor, kind, state, zone, ts, received_at, data FROM events"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY ts DESC, id DESC LIMIT {arg(limit + 1)}"
-    rows = await conn.fetch(sql, *args)
-    items = [_event_json(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor(last["ts"], str(last["id"]))
-    return items, next_cursor
+        where.add("(ts, id) < ({}, {})", *cursor)
+    rows = await conn.fetch(
+        "SELECT row_to_json(e)::text AS doc, e.ts, e.id FROM "
+        "(SELECT id, site, sensor, kind, state, zone, ts, received_at, data FROM events"
+        f"{where.sql} ORDER BY ts DESC, id DESC LIMIT {where.arg(limit + 1)}) e", *where.args)
+    return json_page(rows, limit, lambda r: encode_cursor(r["ts"], str(r["id"])))

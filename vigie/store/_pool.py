@@ -54,6 +54,8 @@ class Store:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=size, timeout=timeout, command_timeout=30,
                 init=_init_connection,
+                # Timestamps PostgreSQL writes as JSON come out in UTC, like Python's.
+                server_settings={"timezone": "UTC"},
             )
         except _UNAVAILABLE as exc:
             reason = redact_text(str(exc))
