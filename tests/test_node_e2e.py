@@ -49,7 +49,7 @@ class Api:
 @pytest.fixture
 async def node(fresh_dsn: str, mqtt_url: str) -> AsyncIterator[Node]:
     async with running_node(make_config(fresh_dsn, mqtt_url)) as node:
-        assert node.subscriber is not None and node.subscriber.wait_connected(5)
+        assert node.subscriber is not None and await node.subscriber.wait_connected(5)
         yield node
 
 

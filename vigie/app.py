@@ -24,7 +24,7 @@ from vigie.config import Config
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
-from vigie.sensors._handoff import Handoff
+from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
 from vigie.store import Store
 from vigie.store._sync import sync_config
@@ -114,10 +114,10 @@ async def _ping_forever(node: Node, interval: float = 2.0) -> None:
 async def _sensors(node: Node) -> AsyncIterator[None]:
     config = node.config
     rules = RuleBook(config, Schedule(config.sites).is_open)
-    handoff: Handoff[Received] = Handoff(config.database.write_queue, asyncio.get_running_loop())
+    inbox: Inbox[Received] = Inbox(config.database.write_queue)
     subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
-                                handoff, node.metrics, node.clock)
-    writer = IngestWriter(node.store, handoff, subscriber.ack_many, rules, node.alerts,
+                                inbox, node.metrics, node.clock)
+    writer = IngestWriter(node.store, inbox, subscriber.ack_many, rules, node.alerts,
                           node.metrics, config.database.batch_size)
     node.subscriber, node.writer = subscriber, writer
     await _seed_last_seen(node.store, writer.last_seen)
@@ -125,14 +125,14 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     node.spawn("ingest-writer", writer.run())
     if heartbeat.enabled:
         node.spawn("heartbeat", heartbeat.run())
-    subscriber.start()
+    node.spawn("mqtt", subscriber.run())
     try:
         yield
     finally:
         # Stop taking messages, then write what was received: those get acknowledged;
         # anything else stays at the broker for our persistent session.
         subscriber.stop()
-        await node.stop("ingest-writer", "heartbeat")
+        await node.stop("mqtt", "ingest-writer", "heartbeat")
         try:
             await asyncio.wait_for(writer.drain(), timeout=5)
         except (TimeoutError, VigieError) as exc:

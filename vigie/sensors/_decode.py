@@ -498,10 +498,11 @@ def _decode_z2m(route: _Route, topic: str, payload: bytes,
             battery=battery,
         ))
     if tamper:
+        # One report, one battery reading: it rides on the first event only.
         events.append(SensorEvent(
             site=route.site, sensor=route.sensor, kind="tamper", state="alarm", ts=ts,
             received_at=received_at, dedup_key=key + ":tamper", zone=route.zone, data=doc,
-            battery=battery,
+            battery=None if events else battery,
         ))
     return events
 

@@ -18,15 +18,10 @@ from vigie.alerts import AlertChange, AlertService, Decision, RuleBook
 from vigie.errors import StoreError
 from vigie.events import DeviceStatus, SensorEvent
 from vigie.metrics import Metrics
-from vigie.sensors._handoff import Handoff
+from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
 from vigie.store import Store
-from vigie.store._events import (
-    DeadLetter,
-    insert_dead_letters,
-    insert_events,
-    update_sensor_states,
-)
+from vigie.store._events import DeadLetter, insert_dead_letters, insert_events
 
 __all__ = ["IngestWriter"]
 
@@ -37,11 +32,11 @@ Acker = Callable[[Sequence[Received]], None]
 
 class IngestWriter:
     def __init__(
-        self, store: Store, handoff: Handoff[Received], ack: Acker, rules: RuleBook,
+        self, store: Store, inbox: Inbox[Received], ack: Acker, rules: RuleBook,
         alerts: AlertService, metrics: Metrics, batch_size: int,
     ) -> None:
         self._store = store
-        self._handoff = handoff
+        self._inbox = inbox
         self._ack = ack
         self._rules = rules
         self._alerts = alerts
@@ -54,15 +49,15 @@ class IngestWriter:
 
     async def run(self) -> None:
         while True:
-            batch = await self._handoff.get_batch(self._batch_size)
-            self._metrics.db_write_queue.set(len(self._handoff) + len(batch))
+            batch = await self._inbox.get_batch(self._batch_size)
+            self._metrics.db_write_queue.set(len(self._inbox) + len(batch))
             await self._write_until_done(batch)
-            self._metrics.db_write_queue.set(len(self._handoff))
+            self._metrics.db_write_queue.set(len(self._inbox))
 
     async def drain(self) -> None:
         """Write whatever is already received (graceful shutdown)."""
-        while len(self._handoff):
-            await self._write_until_done(await self._handoff.get_batch(self._batch_size))
+        while len(self._inbox):
+            await self._write_until_done(await self._inbox.get_batch(self._batch_size))
 
     async def _write_until_done(self, batch: list[Received]) -> None:
         """Retry until written: unacknowledged, a message is never lost, so waiting is safe.
@@ -89,12 +84,13 @@ class IngestWriter:
             delay = min(delay * 2, 10.0)
 
     async def _write(self, batch: list[Received]) -> None:
-        events: list[SensorEvent] = []
+        events: dict[str, SensorEvent] = {}  # by key: a redelivery in the same batch folds
         statuses: list[DeviceStatus] = []
         dead: list[DeadLetter] = []
         for item in batch:
             if isinstance(item.body, list):
-                events.extend(item.body)
+                for e in item.body:
+                    events.setdefault(e.dedup_key, e)
             elif isinstance(item.body, DeviceStatus):
                 statuses.append(item.body)
             else:
@@ -102,9 +98,8 @@ class IngestWriter:
         started = time.perf_counter()
         changes: list[AlertChange] = []
         async with self._store.transaction() as conn:
-            new_ids = await insert_events(conn, events)
-            fresh = [e for e in events if e.dedup_key in new_ids]
-            await update_sensor_states(conn, fresh)
+            new_ids = await insert_events(conn, list(events.values()))
+            fresh = [e for e in events.values() if e.dedup_key in new_ids]
             await insert_dead_letters(conn, dead)
             if statuses:
                 await conn.executemany(
@@ -119,11 +114,10 @@ class IngestWriter:
         self._metrics.db_write_seconds.observe(time.perf_counter() - started)
         self._metrics.db_write_batches.observe(len(batch))
         self._ack(batch)
-        self._account(events, fresh, dead)
+        self._account(sum(len(i.body) for i in batch if isinstance(i.body, list)), fresh, dead)
         self._alerts.publish(changes)
 
-    def _account(self, events: list[SensorEvent], fresh: list[SensorEvent],
-                 dead: list[DeadLetter]) -> None:
+    def _account(self, received: int, fresh: list[SensorEvent], dead: list[DeadLetter]) -> None:
         self.written += len(fresh)
         last_seen = self.last_seen
         for e in fresh:
@@ -133,7 +127,7 @@ class IngestWriter:
         # One counter update per label set and batch, not one per event.
         for (site, kind), n in Counter((e.site, e.kind) for e in fresh).items():
             self._metrics.sensor_events.labels(site, kind).inc(n)
-        if len(events) > len(fresh):
-            self._metrics.sensor_duplicates.inc(len(events) - len(fresh))
+        if received > len(fresh):
+            self._metrics.sensor_duplicates.inc(received - len(fresh))
         for reason, n in Counter(d.reason for d in dead).items():
             self._metrics.ingest_rejected.labels(reason).inc(n)

@@ -1,15 +1,20 @@
-"""The MQTT subscriber: paho's network thread decodes and hands messages to the writer.
+"""The MQTT subscriber: paho's protocol engine driven by the event loop.
 
-Messages are acknowledged to the broker by the writer (`ack`), only once they are durable:
-with `manual_ack`, an event the broker considers delivered is always in the database.
+paho reads and decodes packets when the socket is readable (no network thread: a second
+busy thread would contend with the writer for the GIL, which was measured to cost more than
+the decoding itself). Each message is decoded and put in the inbox; the writer stores a
+batch, then acknowledges it (`ack_many`): with `manual_ack`, an event the broker considers
+delivered is always in the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import socket
 import struct
-import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +32,7 @@ from vigie.errors import IngestError
 from vigie.events import DeviceStatus, SensorEvent
 from vigie.metrics import Metrics
 from vigie.sensors._decode import TopicRouter
-from vigie.sensors._handoff import Handoff
+from vigie.sensors._inbox import Inbox
 from vigie.store._events import DeadLetter
 
 __all__ = ["MqttSubscriber", "Received"]
@@ -35,6 +40,10 @@ __all__ = ["MqttSubscriber", "Received"]
 log = logging.getLogger("vigie.sensors")
 
 _PUBACK = struct.Struct("!BBH")  # type, remaining length (2), packet id
+# Packets handled per readable event: enough to amortise the wake-up, small enough to let
+# the writer and the API run in between.
+_PACKETS_PER_READ = 256
+CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,38 +58,45 @@ class Received:
 class MqttSubscriber:
     def __init__(
         self, config: MqttConfig, client_id: str, router: TopicRouter,
-        handoff: Handoff[Received], metrics: Metrics,
+        inbox: Inbox[Received], metrics: Metrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
         self._router = router
-        self._handoff = handoff
+        self._inbox = inbox
         self._metrics = metrics
         self._clock = clock
-        self._connected = threading.Event()
-        self._connections = 0
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._sock: Any = None
+        self._paused = False
         self._stopping = False
+        self._connections = 0
         url = urlsplit(config.url)
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
-        v5 = config.protocol == "5"
+        self._v5 = config.protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            # MQTT 3.1.1: a persistent session; MQTT 5 says it with clean_start below.
-            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            # MQTT 3.1.1: a persistent session; MQTT 5 says it with clean_start in connect.
+            clean_session=None if self._v5 else False,
             manual_ack=True,
         )
+        self._client.connect_timeout = CONNECT_TIMEOUT
         if config.username:
             self._client.username_pw_set(
                 config.username, config.password.reveal() if config.password else None)
         if url.scheme == "mqtts":
             self._client.tls_set()
-        # Backoff between reconnects; the jitter comes from the random first delay below.
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_socket_close = self._on_socket_close
+        self._client.on_socket_register_write = self._on_register_write
+        self._client.on_socket_unregister_write = self._on_unregister_write
+        inbox.on_room = self._resume
 
     @property
     def connected(self) -> bool:
@@ -90,40 +106,84 @@ class MqttSubscriber:
     def endpoint(self) -> str:
         return f"{self._host}:{self._port}"
 
-    def start(self) -> None:
-        """Connect in the background; paho reconnects by itself after a loss."""
-        props = None
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with exponential backoff and jitter, until cancelled."""
+        delay = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._connect()
+                await self._serve()
+            except (OSError, TimeoutError) as exc:
+                log.warning("cannot reach MQTT broker %s: %s", self.endpoint,
+                            exc.strerror if isinstance(exc, OSError) and exc.strerror
+                            else type(exc).__name__)
+            finally:
+                self._close_socket()
+            if self._stopping:
+                return
+            if time.monotonic() - started > 60:
+                delay = 1.0  # it worked for a while: a fresh outage starts from the bottom
+            # Jitter: nodes that lost the broker together must not all come back together.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 30.0)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Resolve and reach the broker without blocking the loop; paho's own connect is
+        # then immediate (a blackholed host would otherwise stall everything for seconds).
+        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        address = str(infos[0][4][0])
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, self._port),
+                                           CONNECT_TIMEOUT)
+        writer.close()
         kwargs: dict[str, Any] = {}
-        if self._config.protocol == "5":
+        if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(self._config.session_expiry)
-            # Our bounded hand-off, not the broker's default window (often 20), limits how
-            # many messages wait unacknowledged: enough for big batches.
+            # Our bounded inbox, not the broker's default window (often 20), limits how many
+            # messages wait unacknowledged: enough for big batches.
             props.ReceiveMaximum = 65_535
             kwargs = {"clean_start": False, "properties": props}
-        self._client.connect_async(self._host, self._port, self._config.keepalive, **kwargs)
-        self._client.loop_start()
+        self._lost.clear()
+        self._client.connect(address, self._port, self._config.keepalive, **kwargs)
+        await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+
+    async def _serve(self) -> None:
+        """Keep-alive pings until the connection is lost."""
+        while not self._lost.is_set():
+            try:
+                await asyncio.wait_for(self._lost.wait(), 1.0)
+            except TimeoutError:
+                self._client.loop_misc()
 
     def stop(self) -> None:
+        """Stop reading, say goodbye to the broker (the session stays), release the socket.
+        `run` returns after that."""
         self._stopping = True
-        self._handoff.close()
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a message to the broker (safe from any thread)."""
-        if qos > 0:
-            self._client.ack(mid, qos)
+        self._pause()
+        if self._sock is not None:
+            self._client.disconnect()
+            self._client.loop_write()  # the DISCONNECT, now: no loop turn will come for it
+        self._close_socket()
 
     def ack_many(self, received: Sequence[Received]) -> None:
         """Acknowledge a batch of QoS 1 messages with one write.
 
-        paho queues each PUBACK separately, waking its thread once per message; at tens of
-        thousands of messages a second that costs more than the database write. A PUBACK is
-        four bytes, so the batch goes out as one buffer of concatenated PUBACKs (paho only
-        looks at the command of queued packets to detect QoS 0 PUBLISHes). QoS 2 messages,
-        rare on sensors, take paho's own path.
+        paho queues each PUBACK separately; at tens of thousands of messages a second that
+        costs more than the database write. A PUBACK is four bytes, so the batch goes out
+        as one buffer of concatenated PUBACKs (paho only looks at the command of queued
+        packets to spot QoS 0 PUBLISHes). QoS 2 messages, rare on sensors, take paho's path.
         """
+        if self._sock is None:
+            return  # the broker redelivers them to the next session; stored once by key
         blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in received if r.qos == 1)
         if blob:
             self._client._packet_queue(0x40, blob, 0, 1)
@@ -131,10 +191,44 @@ class MqttSubscriber:
             if r.qos == 2:
                 self._client.ack(r.mid, 2)
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+    # flow control -----------------------------------------------------------------------
 
-    # paho callbacks, on paho's network thread ------------------------------------------
+    def _pause(self) -> None:
+        if not self._paused and self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock)
+        self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused and self._sock is not None:
+            asyncio.get_running_loop().add_reader(self._sock, self._readable)
+        self._paused = False
+
+    def _readable(self) -> None:
+        self._client.loop_read(_PACKETS_PER_READ)
+
+    def _close_socket(self) -> None:
+        # paho closes the connection (calling _on_socket_close) and its wake-up socket pair.
+        self._client._reset_sockets()
+
+    # paho callbacks, all on the event loop ----------------------------------------------
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._sock = sock
+        if not self._paused:
+            asyncio.get_running_loop().add_reader(sock, self._readable)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock)
+        loop.remove_writer(sock)
+        self._sock = None
+        self._lost.set()
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        asyncio.get_running_loop().add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        asyncio.get_running_loop().remove_writer(sock)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any,
                     reason: ReasonCode, properties: Any) -> None:
@@ -154,13 +248,13 @@ class MqttSubscriber:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
                        reason: ReasonCode, properties: Any) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
         self._metrics.mqtt_connected.set(0)
-        if not self._stopping:
+        self._lost.set()
+        if was_connected and not self._stopping:
             log.warning("disconnected from MQTT broker %s: %s; reconnecting",
                         self.endpoint, reason)
-            # Jitter: nodes that lost the broker together must not all come back together.
-            threading.Event().wait(random.uniform(0, 1))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._metrics.mqtt_messages.inc()
@@ -174,7 +268,10 @@ class MqttSubscriber:
             body = self._router.decode(topic, bytes(msg.payload), received_at)
         except IngestError as exc:
             body = DeadLetter(received_at, topic, exc.reason, exc.detail, bytes(msg.payload))
-        # Blocks while the writer is behind: backpressure reaches the broker, nothing drops.
-        while not self._handoff.put(Received(msg.mid, msg.qos, body), timeout=1.0):
-            if self._stopping:
-                return  # not acknowledged: the broker delivers it again next session
+        except Exception as exc:  # a decoder bug must not kill the connection
+            log.exception("decoder failed on a message from %s", topic)
+            body = DeadLetter(received_at, topic, "internal", type(exc).__name__,
+                              bytes(msg.payload))
+        self._inbox.append(Received(msg.mid, msg.qos, body))
+        if self._inbox.full:
+            self._pause()  # the writer resumes us when it has made room

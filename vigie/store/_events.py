@@ -16,7 +16,6 @@ __all__ = [
     "insert_events",
     "list_dead_letters",
     "list_events",
-    "update_sensor_states",
 ]
 
 # Enough to see what a device sent, bounded so a hostile payload cannot fill the disk.
@@ -32,17 +31,40 @@ class DeadLetter:
     payload: bytes
 
 
+# One round trip stores the events and moves each sensor's latest state forward. The events
+# are given once per dedup key (the caller folds repeats within a batch).
 _INSERT_EVENTS = """
-INSERT INTO events (dedup_key, site, sensor, kind, state, zone, ts, received_at, data)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::timestamptz[], $9::jsonb[])
-ON CONFLICT (dedup_key) DO NOTHING
-RETURNING id, dedup_key
+WITH src AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[],
+                         $10::int[])
+        AS u(dedup_key, site, sensor, kind, state, zone, ts, received_at, data, battery)
+), ins AS (
+    INSERT INTO events (dedup_key, site, sensor, kind, state, zone, ts, received_at, data)
+    SELECT dedup_key, site, sensor, kind, state, zone, ts, received_at, data FROM src
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING id, dedup_key
+), latest AS (
+    -- tamper reports ride along a device's state; they are not its state
+    SELECT DISTINCT ON (src.site, src.sensor) src.site, src.sensor, src.state, src.ts,
+           src.battery
+    FROM src JOIN ins USING (dedup_key)
+    WHERE src.kind <> 'tamper'
+    ORDER BY src.site, src.sensor, src.ts DESC
+), moved AS (
+    UPDATE sensors s SET last_state = l.state, last_event_at = l.ts,
+                         battery = coalesce(l.battery, s.battery)
+    FROM latest l
+    WHERE s.site = l.site AND s.id = l.sensor
+      AND (s.last_event_at IS NULL OR s.last_event_at <= l.ts)
+)
+SELECT id, dedup_key FROM ins
 """
 
 
 async def insert_events(conn: Any, events: Sequence[SensorEvent]) -> dict[str, int]:
-    """Insert in one round trip; return {dedup_key: id} of the events that were new."""
+    """Store new events and the sensors' latest states; return {dedup_key: id} of the
+    events that were new (a key already stored is a redelivery)."""
     if not events:
         return {}
     rows = await conn.fetch(
@@ -50,30 +72,9 @@ async def insert_events(conn: Any, events: Sequence[SensorEvent]) -> dict[str, i
         [e.dedup_key for e in events], [e.site for e in events], [e.sensor for e in events],
         [e.kind for e in events], [e.state for e in events], [e.zone for e in events],
         [e.ts for e in events], [e.received_at for e in events], [e.data for e in events],
+        [e.battery for e in events],
     )
     return {r["dedup_key"]: r["id"] for r in rows}
-
-
-async def update_sensor_states(conn: Any, events: Sequence[SensorEvent]) -> None:
-    """Remember each sensor's latest state (one row per sensor, newest event wins)."""
-    latest: dict[tuple[str, str], SensorEvent] = {}
-    for e in events:
-        key = (e.site, e.sensor)
-        if e.kind != "tamper" and (key not in latest or e.ts >= latest[key].ts):
-            latest[key] = e
-    if not latest:
-        return
-    values = list(latest.values())
-    await conn.execute(
-        """UPDATE sensors s SET last_state = v.state, last_event_at = v.ts,
-                  battery = coalesce(v.battery, s.battery)
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[])
-                AS v(site, id, state, ts, battery)
-           WHERE s.site = v.site AND s.id = v.id
-             AND (s.last_event_at IS NULL OR s.last_event_at <= v.ts)""",
-        [e.site for e in values], [e.sensor for e in values], [e.state for e in values],
-        [e.ts for e in values], [e.battery for e in values],
-    )
 
 
 async def insert_dead_letters(conn: Any, letters: Sequence[DeadLetter]) -> None:
