@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -132,9 +133,22 @@ SITES: list[dict[str, Any]] = [
 ]
 
 
+_DATA_DIRS: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_node_data_dirs() -> Iterator[None]:
+    yield
+    for path in _DATA_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def make_config(dsn: str, mqtt_url: str, **overrides: Any) -> Config:
+    data_dir = tempfile.mkdtemp(prefix="vigie-node-")
+    _DATA_DIRS.append(data_dir)
     raw: dict[str, Any] = {
-        "node": {"name": f"test-{uuid.uuid4().hex[:6]}"},
+        "node": {"name": f"test-{uuid.uuid4().hex[:6]}", "data_dir": data_dir,
+                 "camera_workers": 1},
         "database": {"dsn": dsn},
         "mqtt": {"url": mqtt_url, "client_id": f"vigie-test-{uuid.uuid4().hex[:8]}",
                  "topic_prefix": f"t{uuid.uuid4().hex[:6]}"},

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from vigie.alerts import AlertService, Clock, RuleBook, Schedule, utc_now
 from vigie.api import ApiContext, Authenticator, make_api
+from vigie.cameras import CameraSupervisor
 from vigie.config import Config
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
@@ -33,6 +34,8 @@ __all__ = ["Node", "open_store", "running_node"]
 
 log = logging.getLogger("vigie")
 
+DRAIN_SECONDS = 5.0  # on shutdown, to write and acknowledge what was received
+
 
 @dataclass
 class Node:
@@ -43,6 +46,7 @@ class Node:
     clock: Clock
     store: Store
     alerts: AlertService
+    cameras: CameraSupervisor | None = None
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
@@ -57,11 +61,17 @@ class Node:
         self.tasks[name] = task
         task.add_done_callback(_report_crash)
 
-    async def stop(self, *names: str) -> None:
+    async def stop(self, *names: str, budget: float = 10.0) -> None:
+        """Cancel loops and wait for them, within a time budget (a loop that does not stop
+        is named in the log; shutdown goes on)."""
         tasks = [self.tasks.pop(n) for n in names if n in self.tasks]
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=budget)
+        for t in stuck:
+            log.error("loop %s did not stop within %.0fs", t.get_name(), budget)
 
     def readiness(self) -> dict[str, str]:
         checks = {"database": "ok" if self.db_ok else self.db_error}
@@ -120,8 +130,9 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     writer = IngestWriter(node.store, inbox, subscriber.ack_many, rules, node.alerts,
                           node.metrics, config.database.batch_size)
     node.subscriber, node.writer = subscriber, writer
-    await _seed_last_seen(node.store, writer.last_seen)
-    heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock)
+    silent = await _seed_last_seen(node.store, writer.last_seen)
+    heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,
+                                 silent)
     node.spawn("ingest-writer", writer.run())
     if heartbeat.enabled:
         node.spawn("heartbeat", heartbeat.run())
@@ -129,22 +140,45 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Stop taking messages, then write what was received: those get acknowledged;
-        # anything else stays at the broker for our persistent session.
+        # Stop reading; write and acknowledge what was received, over the connection that
+        # is still up; then disconnect. Anything else stays at the broker for our session.
+        subscriber.pause()
+        inbox.close()
+        writing = node.tasks.get("ingest-writer")
+        if writing is not None:
+            done, _ = await asyncio.wait({writing}, timeout=DRAIN_SECONDS)
+            if not done:
+                log.warning("could not write every received message in %ss; the rest was "
+                            "not acknowledged and the broker keeps it", DRAIN_SECONDS)
         subscriber.stop()
         await node.stop("mqtt", "ingest-writer", "heartbeat")
-        try:
-            await asyncio.wait_for(writer.drain(), timeout=5)
-        except (TimeoutError, VigieError) as exc:
-            log.warning("could not write every received message before exit (%s); "
-                        "they were not acknowledged and the broker keeps them", exc)
 
 
-async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]) -> None:
+async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]
+                          ) -> set[tuple[str, str]]:
+    """When each sensor last spoke; returns the sensors with an open device_silent alert."""
     async with store.connection() as conn:
         rows = await conn.fetch(
             "SELECT site, id, last_event_at FROM sensors WHERE last_event_at IS NOT NULL")
+        silent = await conn.fetch(
+            "SELECT site, source FROM alerts WHERE kind = 'device_silent' "
+            "AND state <> 'resolved'")
     last_seen.update({(r["site"], r["id"]): r["last_event_at"] for r in rows})
+    return {(r["site"], r["source"]) for r in silent}
+
+
+@asynccontextmanager
+async def _cameras(node: Node) -> AsyncIterator[None]:
+    supervisor = CameraSupervisor(node.config, node.store, node.alerts, node.metrics,
+                                  node.clock, workers=node.config.node.camera_workers)
+    node.cameras = supervisor
+    await supervisor.start()
+    node.spawn("cameras", supervisor.run())
+    try:
+        yield
+    finally:
+        await node.stop("cameras")
+        await supervisor.stop()
 
 
 @asynccontextmanager
@@ -152,7 +186,7 @@ async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
                      auth=Authenticator(node.store), schedule=Schedule(config.sites),
-                     readiness=node.readiness, clock=node.clock)
+                     readiness=node.readiness, clock=node.clock, cameras=node.cameras)
     runner = web.AppRunner(make_api(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
@@ -184,6 +218,7 @@ async def running_node(
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
+        await stack.enter_async_context(_cameras(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         await stack.enter_async_context(_api(node))

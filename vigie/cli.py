@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import signal
@@ -98,13 +99,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator() -> str:
+    """Who runs the command, for the audit log."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
 def cmd_token(args: argparse.Namespace) -> int:
+    from vigie.store import _audit as audit
     from vigie.store import _tokens
 
     config = _load(args)
 
     async def create(conn: Any) -> int:
-        sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
+        sites = None
+        if args.sites is not None:
+            sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+            if not sites:  # an empty list must not silently mean "every site"
+                raise VigieError("--sites needs at least one site id (leave it out for all)")
         unknown = [s for s in sites or [] if config.site(s) is None]
         if unknown:
             raise VigieError(f"unknown site(s): {', '.join(unknown)}")
@@ -112,6 +126,8 @@ def cmd_token(args: argparse.Namespace) -> int:
                    if args.expires else None)
         token, info = await _tokens.create_token(
             conn, name=args.name, role=args.role, sites=sites, expires_at=expires)
+        await audit.record(conn, actor=_operator(), action="token.create", target=info.name,
+                           details={"role": info.role, "sites": sites})
         print(token)
         print(f"# token {info.name!r} ({info.role}"
               f"{', sites ' + ','.join(sites) if sites else ', all sites'}"
@@ -120,6 +136,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 0
 
     async def list_(conn: Any) -> int:
+        await audit.record(conn, actor=_operator(), action="token.list")
         for t in await _tokens.list_tokens(conn):
             state = "revoked" if t.revoked_at else (
                 "expired" if t.expires_at and t.expires_at < datetime.now(UTC) else "active")
@@ -130,6 +147,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     async def revoke(conn: Any) -> int:
         info = await _tokens.revoke_token(conn, args.name)
+        await audit.record(conn, actor=_operator(), action="token.revoke", target=info.name)
         print(f"revoked token {info.name!r}")
         return 0
 

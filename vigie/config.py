@@ -36,6 +36,7 @@ from vigie.errors import ConfigError
 from vigie.secrets import Secret, redact_url
 
 __all__ = [
+    "CAMERA_REASONS",
     "DEFAULT_CONFIG_PATH",
     "SENSOR_KINDS",
     "AlertRule",
@@ -114,6 +115,8 @@ class _Model(BaseModel):
 class NodeConfig(_Model):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
     data_dir: Path = Path("./var")
+    # Processes decoding and analysing camera streams (None: one per core, at most 8).
+    camera_workers: int | None = Field(default=None, ge=1, le=64)
 
 
 class DatabaseConfig(_Model):
@@ -174,12 +177,32 @@ class ApiConfig(_Model):
         return int(self.listen.rpartition(":")[2])
 
 
+CAMERA_REASONS = ("offline", "low_fps", "frozen", "black", "too_dark", "too_bright",
+                  "blurred", "covered", "moved")
+
+
 class CameraChecks(_Model):
     """Thresholds of the camera checks; every field can be overridden per camera."""
 
-    offline_after: Duration = 5.0
-    frozen_after: Duration = 10.0
-    min_fps: float = Field(default=2.0, ge=0)
+    offline_after: Duration = 5.0  # no packet for this long (or cannot connect)
+    frozen_after: Duration = 10.0  # picture unchanged this long while packets still flow
+    min_fps: float = Field(default=2.0, ge=0)  # measured over `fps_window`
+    fps_window: Duration = 10.0
+    analyse_every: Duration = 2.0  # one keyframe decoded this often for the picture checks
+    black_below: float = Field(default=10.0, ge=0, le=255)  # mean luma, 0-255
+    dark_below: float = Field(default=35.0, ge=0, le=255)
+    bright_above: float = Field(default=225.0, ge=0, le=255)
+    # Sharpness below this share of the camera's learned reference: blurred.
+    blur_ratio: float = Field(default=0.35, gt=0, lt=1)
+    # Share of the view that is uniform, without texture: covered (hand, tape, paint).
+    covered_fraction: float = Field(default=0.75, gt=0, le=1)
+    # Similarity of the scene to the learned reference below this: moved (turned, displaced).
+    moved_below: float = Field(default=0.5, gt=0, lt=1)
+    learn_for: Duration = 120.0  # the reference is learned from this much good picture
+    bad_samples: int = Field(default=3, ge=1, le=100)  # hysteresis: to enter a bad state
+    good_samples: int = Field(default=3, ge=1, le=100)  # and to leave it
+    disabled: tuple[Literal["low_fps", "frozen", "black", "too_dark", "too_bright", "blurred",
+                            "covered", "moved"], ...] = ()  # e.g. [moved] on a PTZ camera
 
 
 class SensorDefaults(_Model):
@@ -469,8 +492,26 @@ DEFAULT_RULES = (
 )
 
 
+CameraReason = Literal["offline", "low_fps", "frozen", "black", "too_dark", "too_bright",
+                       "blurred", "covered", "moved"]
+
+
+def _camera_severities() -> dict[CameraReason, Severity]:
+    return {"offline": "major", "covered": "critical", "moved": "critical", "low_fps": "minor",
+            "frozen": "minor", "black": "minor", "too_dark": "minor", "too_bright": "minor",
+            "blurred": "minor"}
+
+
 class AlertsConfig(_Model):
     rules: tuple[AlertRule, ...] = DEFAULT_RULES
+    # Severity of each camera health reason: covered and moved are likely tampering.
+    camera: dict[CameraReason, Severity] = Field(default_factory=_camera_severities)
+
+    @field_validator("camera", mode="after")
+    @classmethod
+    def _camera_defaults(cls, value: dict[CameraReason, Severity]
+                         ) -> dict[CameraReason, Severity]:
+        return {**_camera_severities(), **value}  # override some, keep the others
     # Severity of device-health alerts (sensor offline / silent, battery low).
     device_offline_severity: Severity = "major"
     battery_low_severity: Severity = "minor"

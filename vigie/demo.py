@@ -186,6 +186,9 @@ async def run_demo(
         _step(2, total, f"starting vigie with an embedded PostgreSQL under {data_dir}…")
         config = demo_config(data_dir, url, protocol, listen)
         node = await stack.enter_async_context(running_node(config))
+        assert node.subscriber is not None
+        if not await node.subscriber.wait_connected(15):
+            print(f"      not yet connected to {url}; vigie keeps trying", file=sys.stderr)
         _step(3, total, "creating an operator token…")
         token = await _operator_token(node)
         _step(4, total, "simulating three collèges (Versailles, Saint-Germain-en-Laye, Issy)…")

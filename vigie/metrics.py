@@ -62,6 +62,20 @@ class Metrics:
             "vigie_event_to_alert_seconds", "From receiving an event to its alert committed",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r)
+        self.cameras_watched = Gauge(
+            "vigie_cameras_watched", "Cameras this node watches", registry=r)
+        self.camera_up = Gauge(
+            "vigie_camera_up", "1 unless the camera is offline", ["site", "camera"], registry=r)
+        self.camera_state = Gauge(
+            "vigie_camera_state", "1 for the camera's current state", ["site", "camera", "state"],
+            registry=r)
+        self.camera_fps = Gauge(
+            "vigie_camera_fps", "Measured frame rate", ["site", "camera"], registry=r)
+        self.camera_reconnects = Counter(
+            "vigie_camera_reconnects", "Stream reconnections", ["site", "camera"], registry=r)
+        self.camera_check_seconds = Histogram(
+            "vigie_camera_check_seconds", "Time to decode and analyse one keyframe",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5), registry=r)
         self.http_requests = Counter(
             "vigie_http_requests", "API requests", ["route", "method", "status"], registry=r)
         self.http_seconds = Histogram(

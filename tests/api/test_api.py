@@ -27,6 +27,7 @@ from tests.pg import temporary_database
 from vigie.api._routes import endpoints
 from vigie.app import Node, running_node
 from vigie.store._alerts import AlertOccurrence, upsert_alert
+from vigie.store._cameras import keep_snapshot
 from vigie.store._tokens import create_token, revoke_token
 
 ROLES = ("admin", "operator", "technician", "viewer")
@@ -317,10 +318,16 @@ def _example_body(spec: OpenApi, op: dict[str, Any]) -> dict[str, Any] | None:
 
 async def _fill_path(node: Node, path: str) -> str:
     """A real id for every path parameter: a new open alert for each alert id."""
+    camera_route = "{camera}" in path
+
     async def value(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "site":
-            return PASTEUR
+            return JM if camera_route else PASTEUR
+        if name == "camera":
+            return await _camera_with_snapshot(node)
+        if name == "snapshot_id":
+            return await _kept_snapshot(node)
         if name == "alert_id":
             return await open_alert(node)
         raise AssertionError(f"teach test_api how to fill the path parameter {{{name}}}")
@@ -330,6 +337,28 @@ async def _fill_path(node: Node, path: str) -> str:
         out += path[last:match.start()] + await value(match)
         last = match.end()
     return out + path[last:]
+
+
+async def _camera_with_snapshot(node: Node) -> str:
+    """The test site's camera, with a latest frame on disk (the stream itself is offline)."""
+    path = node.config.node.data_dir / "snapshots" / JM / "entree.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(JPEG)
+    return "entree"
+
+
+async def _kept_snapshot(node: Node) -> str:
+    relative = f"snapshots/{JM}/kept-{uuid.uuid4().hex[:6]}.jpg"
+    (node.config.node.data_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    (node.config.node.data_dir / relative).write_bytes(JPEG)
+    async with node.store.connection() as conn:
+        snapshot_id = await keep_snapshot(conn, JM, "entree", datetime.now(UTC), relative,
+                                          len(JPEG))
+    return str(snapshot_id)
+
+
+# The smallest valid JPEG is not needed: the API serves the bytes as they are.
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16 + b"\xff\xd9"
 
 
 async def _bad_credentials(node: Node) -> dict[str, str]:

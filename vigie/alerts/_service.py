@@ -65,6 +65,8 @@ class AlertService:
             if change.action == "opened":
                 a = change.alert
                 self._metrics.alerts_total.labels(a.site, a.kind, a.severity).inc()
+            elif change.action == "resolved":
+                self._unresolved.discard(change.alert.fingerprint)
             for listener in self._listeners:
                 try:
                     listener(change)
@@ -105,21 +107,26 @@ class AlertService:
         resolves in one update. Consecutive raises of a fingerprint fold into one.
         """
         changes: list[AlertChange] = []
+        # This transaction's view of what is unresolved. A resolve leaves the shared set only
+        # once committed (`publish`): a rolled-back, retried batch must resolve again.
+        resolved_here: set[str] = set()
         for round_ in _rounds(decisions):
             raises = [d for d in round_ if isinstance(d, Raise)]
             resolves = [(d.fingerprint, d.at, d.comment) for d in round_
-                        if isinstance(d, Resolve) and d.fingerprint in self._unresolved]
+                        if isinstance(d, Resolve) and d.fingerprint in self._unresolved
+                        and d.fingerprint not in resolved_here]
             for (alert, opened), d in zip(
                 await q.upsert_alerts(conn, [r.occurrence for r in raises]), raises, strict=True
             ):
+                # Added at once: a stale extra costs one no-op UPDATE, a missing one a resolve.
                 self._unresolved.add(alert.fingerprint)
                 self._added_since_refresh.add(alert.fingerprint)
+                resolved_here.discard(alert.fingerprint)
                 changes.append(AlertChange("opened" if opened else "repeated", alert))
                 if d.received_at is not None:
                     latency = (self._clock() - d.received_at).total_seconds()
                     self._metrics.event_to_alert.observe(max(latency, 0.0))
-            for fingerprint, _, _ in resolves:
-                self._unresolved.discard(fingerprint)
+            resolved_here.update(fingerprint for fingerprint, _, _ in resolves)
             changes.extend(AlertChange("resolved", a)
                            for a in await q.resolve_fingerprints(conn, resolves))
         return changes
@@ -144,8 +151,6 @@ class AlertService:
                 alert = await q.resolve(conn, alert_id, actor, now, comment)
             else:
                 alert = await q.add_comment(conn, alert_id, actor, now, comment or "")
-        if action == "resolved":
-            self._unresolved.discard(alert.fingerprint)
         self.publish([AlertChange(action, alert, actor)])
         return alert
 
@@ -176,8 +181,9 @@ def _rounds(decisions: Sequence[Decision]) -> list[list[Decision]]:
                 site=first.site, source=first.source, source_type=first.source_type,
                 kind=first.kind,
                 severity=min(first.severity, occ.severity, key=q.SEVERITY_RANK.__getitem__),
-                title=first.title, at=first.at, details=first.details,
+                title=first.title, at=min(first.at, occ.at), details=first.details,
                 count=first.count + occ.count, event_id=first.event_id,
+                last_at=max(first.last_at or first.at, occ.last_at or occ.at),
             )
             ops[-1] = Raise(merged, prev.received_at)
         else:

@@ -15,6 +15,7 @@ from vigie.alerts import AlertService, Schedule
 from vigie.api._auth import Authenticator, Principal
 from vigie.api._errors import ApiError
 from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.cameras import CameraSupervisor
 from vigie.config import SENSOR_KINDS, Config
 from vigie.metrics import Metrics
 from vigie.store import Store
@@ -38,6 +39,7 @@ class ApiContext:
     schedule: Schedule
     readiness: Callable[[], dict[str, str]]  # check name → "ok" or what is wrong
     clock: Callable[[], datetime]
+    cameras: CameraSupervisor | None = None
     openapi: dict[str, Any] = field(default_factory=dict)  # filled by make_api
 
 
@@ -178,7 +180,13 @@ def _site_json(ctx: ApiContext, site_id: str, counts: dict[tuple[str, str], int]
                ) -> dict[str, Any]:
     site = ctx.config.site(site_id)
     assert site is not None
+    states: dict[str, int] = {}
+    if ctx.cameras is not None:
+        for cam in ctx.cameras.cameras.values():
+            if cam.site.id == site_id:
+                states[cam.health.state] = states.get(cam.health.state, 0) + 1
     return {
+        "camera_states": states,
         "id": site.id, "name": site.name, "uai": site.uai, "commune": site.commune,
         "timezone": site.timezone, "holiday_zone": site.holiday_zone,
         "open_now": ctx.schedule.is_open(site.id, ctx.clock()),
@@ -273,8 +281,10 @@ _ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
 
 
 def endpoints() -> list[Endpoint]:
+    from vigie.api._cameras import camera_endpoints
+
     site_q = Param("site", description="site id (slug)")
-    return [
+    return [*camera_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",

@@ -81,6 +81,7 @@ SCHEMAS: dict[str, Any] = {
             "holiday_zone": _STR_NULL, "open_now": {"type": "boolean"},
             "cameras": {"type": "integer"}, "sensors": {"type": "integer"},
             "alerts_open": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "camera_states": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
     "SiteList": _list_of("Site"),
@@ -98,6 +99,47 @@ SCHEMAS: dict[str, Any] = {
     "RequiredCommentBody": {
         "type": "object", "additionalProperties": False, "required": ["comment"],
         "properties": {"comment": {"type": "string", "minLength": 1, "maxLength": 4000}},
+    },
+    "Camera": {
+        "type": "object",
+        "required": ["id", "site", "name", "zone", "url", "state", "reasons", "since",
+                     "last_frame_at", "fps", "width", "height", "codec", "bitrate",
+                     "reconnects"],
+        "properties": {
+            "id": {"type": "string"}, "site": {"type": "string"}, "name": {"type": "string"},
+            "zone": {"type": "string"},
+            "url": {"type": "string", "description": "credentials redacted"},
+            "state": {"type": "string", "enum": ["unknown", "ok", "degraded", "offline"]},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "since": _TS_NULL, "last_frame_at": _TS_NULL, "last_analysed_at": _TS_NULL,
+            "fps": {"type": "number", "nullable": True},
+            "width": {"type": "integer", "nullable": True},
+            "height": {"type": "integer", "nullable": True},
+            "codec": _STR_NULL, "bitrate": {"type": "number", "nullable": True},
+            "reconnects": {"type": "integer"}, "error": _STR_NULL,
+            "availability": {"type": "object", "properties": {
+                "24h": {"type": "number", "nullable": True},
+                "7d": {"type": "number", "nullable": True}}},
+            "checks": {"type": "object"},
+        },
+    },
+    "CameraList": _list_of("Camera"),
+    "Transition": {
+        "type": "object", "required": ["at", "state", "reasons"],
+        "properties": {"at": _TS, "state": {"type": "string"},
+                       "reasons": {"type": "array", "items": {"type": "string"}},
+                       "previous": _STR_NULL, "details": {"type": "object"}},
+    },
+    "CameraHistory": {
+        "type": "object", "required": ["items", "next_cursor", "availability"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Transition"}},
+            "next_cursor": _STR_NULL, "availability": {"type": "number", "nullable": True}},
+    },
+    "Relearn": {
+        "type": "object", "required": ["camera", "site", "status"],
+        "properties": {"camera": {"type": "string"}, "site": {"type": "string"},
+                       "status": {"type": "string"}, "learn_for": {"type": "number"}},
     },
     "Health": {
         "type": "object", "required": ["status"],

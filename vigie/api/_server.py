@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,10 +14,13 @@ from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
 from vigie.api._spec import Endpoint, openapi_document, parse_params
+from vigie.errors import VigieError
+from vigie.store import _audit as audit
 
 __all__ = ["CONTEXT", "make_api"]
 
 CONTEXT = web.AppKey("context", ApiContext)
+log = logging.getLogger("vigie.api")
 
 
 @web.middleware
@@ -53,11 +57,27 @@ async def _principal(request: web.Request, ctx: ApiContext, ep: Endpoint) -> Pri
     return principal
 
 
+async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
+                 principal: Principal | None, status: int) -> None:
+    """Every state-changing call and every snapshot view, whatever its outcome."""
+    actor = principal.name if principal else "anonymous"
+    site = request.match_info.get("site")
+    try:
+        async with ctx.store.connection() as conn:
+            await audit.record(conn, actor=actor, action=ep.operation_id,
+                               target=request.path, site=site, remote=request.remote,
+                               outcome=str(status),
+                               details={"role": principal.role} if principal else {})
+    except VigieError as exc:
+        log.warning("audit entry not written (%s %s by %s): %s", ep.method, request.path,
+                    actor, exc)
+
+
 def _wrap(ep: Endpoint) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CONTEXT]
         started = time.perf_counter()
-        status = 500
+        principal: Principal | None = None
         try:
             principal = await _principal(request, ctx, ep)
             params = parse_params(request, ep.params)
@@ -65,11 +85,11 @@ def _wrap(ep: Endpoint) -> Any:
         except Exception as exc:
             response = error_response(request, exc)
         status = response.status
-        try:
-            return response
-        finally:
-            ctx.metrics.http_requests.labels(ep.path, ep.method, str(status)).inc()
-            ctx.metrics.http_seconds.labels(ep.path).observe(time.perf_counter() - started)
+        if ep.audited:
+            await _audit(request, ctx, ep, principal, status)
+        ctx.metrics.http_requests.labels(ep.path, ep.method, str(status)).inc()
+        ctx.metrics.http_seconds.labels(ep.path).observe(time.perf_counter() - started)
+        return response
 
     handle.__name__ = ep.operation_id
     return handle

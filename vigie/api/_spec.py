@@ -146,6 +146,11 @@ class Endpoint:
     statuses: tuple[int, ...] = field(default=(200,))
 
     @property
+    def audited(self) -> bool:
+        """State changes and image views go to the audit log."""
+        return self.method != "GET" or self.content_type.startswith("image/")
+
+    @property
     def operation_id(self) -> str:
         return self.handler.__name__.strip("_")
 

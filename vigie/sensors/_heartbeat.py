@@ -17,7 +17,8 @@ log = logging.getLogger("vigie.sensors")
 
 class HeartbeatMonitor:
     def __init__(self, config: Config, rules: RuleBook, alerts: AlertService,
-                 last_seen: dict[tuple[str, str], datetime], clock: Clock) -> None:
+                 last_seen: dict[tuple[str, str], datetime], clock: Clock,
+                 silent: set[tuple[str, str]] | None = None) -> None:
         self._rules = rules
         self._alerts = alerts
         self._last_seen = last_seen
@@ -28,7 +29,9 @@ class HeartbeatMonitor:
             for site in config.sites for s in site.sensors
             if (hb := s.heartbeat if s.heartbeat is not None else default) is not None
         }
-        self._silent: set[tuple[str, str]] = set()
+        # Sensors with an unresolved device_silent alert, from before a restart too: they
+        # resolve when they speak again.
+        self._silent: set[tuple[str, str]] = set(silent or ())
         self._started = clock()
         shortest = min(self._heartbeats.values(), default=timedelta(seconds=60))
         self.interval = min(max(shortest.total_seconds() / 4, 0.5), 10.0)

@@ -22,11 +22,16 @@ class Inbox(Generic[T]):
         self.capacity = capacity
         self._items: deque[T] = deque()
         self._ready = asyncio.Event()
+        self._closed = False
         # Called when a full inbox has room again (the reader resumes reading).
         self.on_room: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def full(self) -> bool:
@@ -37,9 +42,17 @@ class Inbox(Generic[T]):
         self._items.append(item)
         self._ready.set()
 
+    def close(self) -> None:
+        """No more items will come: `get_batch` returns [] once the inbox is empty."""
+        self._closed = True
+        self._ready.set()
+
     async def get_batch(self, max_items: int) -> list[T]:
-        """Wait for at least one item; take up to `max_items` without waiting more."""
+        """Wait for at least one item; take up to `max_items` without waiting more.
+        An empty list means closed and drained."""
         while not self._items:
+            if self._closed:
+                return []
             self._ready.clear()
             await self._ready.wait()
         was_full = self.full

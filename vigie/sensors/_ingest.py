@@ -36,7 +36,7 @@ class IngestWriter:
         alerts: AlertService, metrics: Metrics, batch_size: int,
     ) -> None:
         self._store = store
-        self._inbox = inbox
+        self.inbox = inbox
         self._ack = ack
         self._rules = rules
         self._alerts = alerts
@@ -48,16 +48,12 @@ class IngestWriter:
         self.failing = ""  # why the last write failed; empty when writes succeed
 
     async def run(self) -> None:
-        while True:
-            batch = await self._inbox.get_batch(self._batch_size)
-            self._metrics.db_write_queue.set(len(self._inbox) + len(batch))
+        """Write batches until the inbox is closed and empty (graceful shutdown: everything
+        received is written and acknowledged first)."""
+        while batch := await self.inbox.get_batch(self._batch_size):
+            self._metrics.db_write_queue.set(len(self.inbox) + len(batch))
             await self._write_until_done(batch)
-            self._metrics.db_write_queue.set(len(self._inbox))
-
-    async def drain(self) -> None:
-        """Write whatever is already received (graceful shutdown)."""
-        while len(self._inbox):
-            await self._write_until_done(await self._inbox.get_batch(self._batch_size))
+            self._metrics.db_write_queue.set(len(self.inbox))
 
     async def _write_until_done(self, batch: list[Received]) -> None:
         """Retry until written: unacknowledged, a message is never lost, so waiting is safe.
@@ -70,12 +66,14 @@ class IngestWriter:
                 self._metrics.db_up.set(1)
                 return
             except StoreError as exc:
+                _reraise_if_cancelled()
                 self.failing = f"cannot store messages: {exc}"
                 self._metrics.db_errors.labels("write_events").inc()
                 self._metrics.db_up.set(0)
                 log.warning("cannot store %d message(s), retrying in %.1fs: %s",
                             len(batch), delay, exc)
             except Exception as exc:  # a bug must not stop ingestion for good
+                _reraise_if_cancelled()
                 self.failing = f"ingest error: {exc!r}"
                 self._metrics.db_errors.labels("write_events").inc()
                 log.exception("unexpected error writing %d message(s), retrying in %.1fs",
@@ -114,16 +112,21 @@ class IngestWriter:
         self._metrics.db_write_seconds.observe(time.perf_counter() - started)
         self._metrics.db_write_batches.observe(len(batch))
         self._ack(batch)
+        for s in statuses:  # a device saying it is online speaks, too
+            if s.online:
+                self._seen(s.site, s.sensor, s.received_at)
         self._account(sum(len(i.body) for i in batch if isinstance(i.body, list)), fresh, dead)
         self._alerts.publish(changes)
 
+    def _seen(self, site: str, sensor: str, at: datetime) -> None:
+        key = (site, sensor)
+        if key not in self.last_seen or self.last_seen[key] < at:
+            self.last_seen[key] = at
+
     def _account(self, received: int, fresh: list[SensorEvent], dead: list[DeadLetter]) -> None:
         self.written += len(fresh)
-        last_seen = self.last_seen
         for e in fresh:
-            key = (e.site, e.sensor)
-            if key not in last_seen or last_seen[key] < e.received_at:
-                last_seen[key] = e.received_at
+            self._seen(e.site, e.sensor, e.received_at)
         # One counter update per label set and batch, not one per event.
         for (site, kind), n in Counter((e.site, e.kind) for e in fresh).items():
             self._metrics.sensor_events.labels(site, kind).inc(n)
@@ -131,3 +134,11 @@ class IngestWriter:
             self._metrics.sensor_duplicates.inc(received - len(fresh))
         for reason, n in Counter(d.reason for d in dead).items():
             self._metrics.ingest_rejected.labels(reason).inc(n)
+
+
+def _reraise_if_cancelled() -> None:
+    """The driver may turn a cancellation that hits a dying connection into its own error:
+    a writer asked to stop must stop, not take that for one more failure to retry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

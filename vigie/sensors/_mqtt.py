@@ -71,6 +71,7 @@ class MqttSubscriber:
         self._sock: Any = None
         self._paused = False
         self._stopping = False
+        self._held = False
         self._connections = 0
         url = urlsplit(config.url)
         self._host = url.hostname or "127.0.0.1"
@@ -92,6 +93,7 @@ class MqttSubscriber:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_socket_open = self._on_socket_open
         self._client.on_socket_close = self._on_socket_close
         self._client.on_socket_register_write = self._on_register_write
@@ -164,11 +166,17 @@ class MqttSubscriber:
             except TimeoutError:
                 self._client.loop_misc()
 
-    def stop(self) -> None:
-        """Stop reading, say goodbye to the broker (the session stays), release the socket.
-        `run` returns after that."""
-        self._stopping = True
+    def pause(self) -> None:
+        """Stop reading from the broker for good (shutdown); the connection stays up, so
+        acks still go out. Room made in the inbox no longer resumes reading."""
+        self._held = True
         self._pause()
+
+    def stop(self) -> None:
+        """Stop reading, send what is queued (acks) and a DISCONNECT (the session stays at
+        the broker), release the socket. `run` returns after that."""
+        self._stopping = True
+        self.pause()
         if self._sock is not None:
             self._client.disconnect()
             self._client.loop_write()  # the DISCONNECT, now: no loop turn will come for it
@@ -199,6 +207,8 @@ class MqttSubscriber:
         self._paused = True
 
     def _resume(self) -> None:
+        if self._held:
+            return
         if self._paused and self._sock is not None:
             asyncio.get_running_loop().add_reader(self._sock, self._readable)
         self._paused = False
@@ -241,10 +251,18 @@ class MqttSubscriber:
         qos = self._config.qos
         topics: list[tuple[str, int]] = [(t, qos) for t in self._router.subscriptions()]
         client.subscribe(topics)
-        self._connected.set()
-        self._metrics.mqtt_connected.set(1)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
+                      reasons: list[ReasonCode], properties: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("MQTT broker %s refused %d subscription(s): %s", self.endpoint,
+                      len(refused), refused[0])
+        # Connected means subscribed: from here on, nothing published is missed.
+        self._connected.set()
+        self._metrics.mqtt_connected.set(1)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
                        reason: ReasonCode, properties: Any) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "HistoryEntry",
     "acknowledge",
     "add_comment",
+    "attach_snapshot",
     "decode_cursor",
     "encode_cursor",
     "get_alert",
@@ -53,6 +54,7 @@ class AlertOccurrence:
     details: dict[str, Any] = field(default_factory=dict)
     count: int = 1
     event_id: int | None = None
+    last_at: datetime | None = None  # the latest of folded occurrences (default: `at`)
 
     @property
     def fingerprint(self) -> str:
@@ -123,10 +125,10 @@ _UPSERT = f"""
 INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, state, title,
                     details, opened_at, last_seen_at, count, event_id)
 SELECT gen_random_uuid(), fingerprint, site, source, source_type, kind, severity, 'open',
-       title, details, at, at, count, event_id
-FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+       title, details, at, last_at, count, event_id
+FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[])
-     AS o(n, fingerprint, site, source, source_type, kind, severity, title, details, at,
+     AS o(last_at, fingerprint, site, source, source_type, kind, severity, title, details, at,
           count, event_id)
 ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO UPDATE SET
     count = alerts.count + EXCLUDED.count,
@@ -162,7 +164,7 @@ async def upsert_alerts(
         return []
     occ = occurrences
     rows = await conn.fetch(
-        _UPSERT, list(range(len(occ))), [o.fingerprint for o in occ],
+        _UPSERT, [o.last_at or o.at for o in occ], [o.fingerprint for o in occ],
         [o.site for o in occ], [o.source for o in occ], [o.source_type for o in occ],
         [o.kind for o in occ], [o.severity for o in occ], [o.title for o in occ],
         [o.details for o in occ], [o.at for o in occ], [o.count for o in occ],
@@ -220,6 +222,12 @@ async def resolve_fingerprint(
     """Resolve the unresolved alert of a fingerprint, if any."""
     alerts = await resolve_fingerprints(conn, [(fingerprint, at, comment)], actor)
     return alerts[0] if alerts else None
+
+
+async def attach_snapshot(conn: Any, alert_id: uuid.UUID, ref: dict[str, Any]) -> None:
+    await conn.execute(
+        "UPDATE alerts SET snapshots = snapshots || jsonb_build_array($2::jsonb) WHERE id = $1",
+        alert_id, ref)
 
 
 async def _transition(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from vigie.errors import Conflict, NotFound
 
 __all__ = ["ROLES", "TokenInfo", "authenticate", "create_token", "list_tokens", "revoke_token"]
@@ -63,11 +65,14 @@ async def create_token(
         "SELECT 1 FROM api_tokens WHERE name = $1 AND revoked_at IS NULL", name)
     if exists:
         raise Conflict(f"a token named {name!r} already exists; revoke it first")
-    row = await conn.fetchrow(
-        f"INSERT INTO api_tokens (id, name, hash, role, sites, expires_at) "
-        f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
-        uuid.uuid4(), name, _hash(token), role, sites, expires_at,
-    )
+    try:
+        row = await conn.fetchrow(
+            f"INSERT INTO api_tokens (id, name, hash, role, sites, expires_at) "
+            f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+            uuid.uuid4(), name, _hash(token), role, sites, expires_at,
+        )
+    except asyncpg.UniqueViolationError:  # created at the same moment elsewhere
+        raise Conflict(f"a token named {name!r} already exists; revoke it first") from None
     return token, _info(row)
 
 

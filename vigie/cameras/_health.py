@@ -1,0 +1,81 @@
+"""A camera's health, with hysteresis: pure logic, fed one observation at a time.
+
+A reason becomes active after `bad_samples` consecutive observations showing it and inactive
+after `good_samples` consecutive observations without it, so a flapping stream keeps one
+alert (whose count grows with each re-occurrence) instead of opening and closing a storm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = ["CameraHealth", "HealthChange"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """What an observation changed: reasons activated, seen again, cleared; the new state."""
+
+    state: str
+    reasons: frozenset[str]
+    activated: frozenset[str] = frozenset()
+    repeated: frozenset[str] = frozenset()  # active reasons that came back after a good spell
+    cleared: frozenset[str] = frozenset()
+    state_changed: bool = False
+
+
+@dataclass
+class CameraHealth:
+    bad_samples: int = 3
+    good_samples: int = 3
+    state: str = "unknown"  # unknown, ok, degraded, offline
+    since: datetime | None = None
+    active: set[str] = field(default_factory=set)
+    _bad: dict[str, int] = field(default_factory=dict)  # consecutive observations with it
+    _good: dict[str, int] = field(default_factory=dict)  # consecutive observations without
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        return frozenset(self.active)
+
+    def observe(self, seen: frozenset[str], at: datetime) -> HealthChange:
+        """One observation: the reasons it shows (`offline` hides the picture reasons)."""
+        activated, repeated, cleared = set(), set(), set()
+        for reason in seen:
+            self._good[reason] = 0
+            was_good = self._bad.get(reason, 0) == 0
+            self._bad[reason] = self._bad.get(reason, 0) + 1
+            if reason in self.active:
+                if was_good:
+                    repeated.add(reason)
+            elif self._bad[reason] >= self._threshold_in(reason):
+                self.active.add(reason)
+                activated.add(reason)
+        for reason in set(self._bad) - seen:
+            self._bad[reason] = 0
+            self._good[reason] = self._good.get(reason, 0) + 1
+            if reason in self.active and self._good[reason] >= self.good_samples:
+                self.active.discard(reason)
+                cleared.add(reason)
+        if "offline" in self.active:
+            # Nothing can be said of a picture we do not get: its reasons end with it.
+            for reason in self.active - {"offline"}:
+                cleared.add(reason)
+                self._bad[reason] = 0
+            self.active = {"offline"}
+        state = self._state()
+        changed = state != self.state
+        if changed or self.since is None:
+            self.state, self.since = state, at
+        return HealthChange(state, self.reasons, frozenset(activated), frozenset(repeated),
+                            frozenset(cleared), changed)
+
+    def _threshold_in(self, reason: str) -> int:
+        # `offline` is already time-based (no packet for offline_after): no extra delay.
+        return 1 if reason == "offline" else self.bad_samples
+
+    def _state(self) -> str:
+        if "offline" in self.active:
+            return "offline"
+        return "degraded" if self.active else "ok"
