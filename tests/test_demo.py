@@ -12,8 +12,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from vigie.demo import run_demo
+
+
+EXPECTED_CAMERAS = {
+    "entree": ("ok", []), "cour": ("ok", []), "parking": ("ok", []), "hall": ("ok", []),
+    "preau": ("degraded", ["frozen"]), "couloir-cdi": ("degraded", ["black"]),
+    "gymnase": ("degraded", ["covered"]),
+}
 
 
 @pytest.fixture
@@ -46,6 +53,15 @@ async def test_demo_shows_incidents_with_nothing_but_pip(data_dir: Path) -> None
             assert {"intrusion", "door", "tamper", "panic", "battery_low"} <= kinds
             async with http.get(f"{api}/api/v1/sites") as r:
                 assert len((await r.json())["items"]) == 3
+
+            # The demo's cameras: three faulty among healthy ones, seen within seconds.
+            async def cameras() -> dict[str, tuple[str, list[str]]] | None:
+                async with http.get(f"{api}/api/v1/cameras") as r:
+                    now = {c["id"]: (c["state"], c["reasons"]) for c in
+                           (await r.json())["items"]}
+                return now if now == EXPECTED_CAMERAS else None
+
+            await eventually(cameras, timeout=60, interval=0.5)
     finally:
         stop.set()
         await asyncio.wait_for(demo, 30)

@@ -227,8 +227,9 @@ class CameraConfig(_Model):
     @field_validator("url", mode="after")
     @classmethod
     def _rtsp(cls, value: Secret) -> Secret:
-        if not re.match(r"^rtsps?://[^/]+", value.reveal()):
-            raise ValueError("expected rtsp://[user:pass@]host[:port]/path")
+        if not re.match(r"^(rtsps?://[^/]+|file:///.+)", value.reveal()):
+            raise ValueError("expected rtsp://[user:pass@]host[:port]/path "
+                             "(or file:///path/clip.mp4, replayed in a loop: demos, tests)")
         return value
 
     @field_validator("checks")

@@ -110,11 +110,15 @@ class RtspServer:
             self.command(f"add_{kind}", name=name, **args)
 
     def alive(self, timeout: float = 5.0) -> bool:
-        if self._proc is None or self._proc.poll() is not None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
             return False
         try:
             self.command("status", timeout=timeout)
         except RtspServerError:
+            # Its stdout closes a moment before it can be reaped: let `returncode` catch up.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2)
             return False
         return True
 

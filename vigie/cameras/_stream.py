@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class StreamWatcher:
             started = time.monotonic()
             try:
                 self._watch()
+                if self.spec.url.startswith("file://"):
+                    continue  # the end of a replayed file: loop, it is no reconnection
             except Exception as exc:  # every failure of a stream is a reason to reconnect
                 self.stats.error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
             self.stats.connected = False
@@ -101,6 +104,8 @@ class StreamWatcher:
             delay = min(delay * 2, MAX_BACKOFF)
 
     def _open(self) -> Any:
+        if self.spec.url.startswith("file://"):
+            return av.open(self.spec.url.removeprefix("file://"))
         read_timeout = max(self.spec.checks.offline_after, 1.0)
         options = {
             "rtsp_transport": self.spec.transport,
@@ -122,10 +127,14 @@ class StreamWatcher:
             ctx.thread_count = 1  # hundreds of decoders must not each start a thread pool
             self.stats.codec = ctx.name
             self.stats.width, self.stats.height = ctx.width, ctx.height
+            if not self.stats.connected:  # a replayed file's loop is no new connection
+                self.analyser.reconnected()
             self.stats.connected, self.stats.error = True, None
-            self.analyser.reconnected()
             next_analysis = 0.0
-            for packet in container.demux(stream):
+            packets = container.demux(stream)
+            if self.spec.url.startswith("file://"):
+                packets = _paced(packets, stream, self._stop)
+            for packet in packets:
                 if self._stop.is_set():
                     return
                 if packet.size == 0:
@@ -160,3 +169,18 @@ def _luma(frame: Any) -> tuple[np.ndarray, bool]:
         limited = not full  # AVCOL_RANGE_JPEG (2) is full range
         return rows[:, : frame.width], limited
     return frame.to_ndarray(format="gray"), False
+
+
+def _paced(packets: Iterator[Any], stream: Any, stop: threading.Event) -> Iterator[Any]:
+    """A file's packets at the pace of their timestamps, as a camera would send them; the
+    caller reopens the file at its end (a loop). For demos and tests without a server."""
+    start = time.monotonic()
+    first: float | None = None
+    for packet in packets:
+        if packet.pts is not None and stream.time_base is not None:
+            t = float(packet.pts * stream.time_base)
+            first = t if first is None else first
+            delay = start + (t - first) - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+        yield packet

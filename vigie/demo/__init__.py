@@ -26,6 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vigie.config import Config, parse_config
+from vigie.demo._clips import make_clip
 from vigie.sensors._broker import PROTOCOL, broker_reachable, embedded_broker
 from vigie.store._tokens import create_token, revoke_token
 
@@ -69,14 +70,41 @@ DEMO_SITES: list[dict[str, Any]] = [
 ]
 
 
-def demo_config(data_dir: Path, mqtt_url: str, protocol: str, listen: str) -> Config:
+# (site, camera id, name, zone, clip kind, seed): two faulty cameras among healthy ones.
+DEMO_CAMERAS = [
+    ("clg-jean-moulin-versailles", "entree", "Entrée principale", "entree", "normal", 1),
+    ("clg-jean-moulin-versailles", "cour", "Cour de récréation", "cour", "normal", 2),
+    ("clg-jean-moulin-versailles", "preau", "Préau", "cour", "frozen", 3),
+    ("clg-debussy-saint-germain", "parking", "Parking", "parking", "normal", 4),
+    ("clg-debussy-saint-germain", "couloir-cdi", "Couloir du CDI", "cdi", "black", 5),
+    ("clg-victor-hugo-issy", "hall", "Hall d'accueil", "service", "normal", 6),
+    ("clg-victor-hugo-issy", "gymnase", "Gymnase", "gymnase", "covered", 7),
+]
+
+
+def demo_config(data_dir: Path, mqtt_url: str, protocol: str, listen: str,
+                clips: dict[tuple[str, str], Path] | None = None) -> Config:
+    """The demo's configuration; `clips` gives each camera's video file (none: no cameras)."""
+    sites = [dict(site) for site in DEMO_SITES]
+    for site in sites:
+        site["cameras"] = [
+            {"id": cam, "name": name, "zone": zone,
+             "url": f"file://{clips[(site_id, cam)]}", "checks": {"learn_for": "30s"}}
+            for site_id, cam, name, zone, _, _ in DEMO_CAMERAS
+            if site_id == site["id"] and clips and (site_id, cam) in clips
+        ]
     return parse_config({
-        "node": {"name": "vigie-demo", "data_dir": str(data_dir)},
+        "node": {"name": "vigie-demo", "data_dir": str(data_dir), "camera_workers": 1},
         "mqtt": {"url": mqtt_url, "protocol": protocol, "client_id": "vigie-demo",
                  "topic_prefix": "vigie"},
         "api": {"listen": listen},
-        "sites": DEMO_SITES,
+        "sites": sites,
     })
+
+
+def _make_clips(directory: Path) -> dict[tuple[str, str], Path]:
+    return {(site, cam): make_clip(directory, kind, seed)
+            for site, cam, _, _, kind, seed in DEMO_CAMERAS}
 
 
 def _step(n: int, total: int, text: str) -> None:
@@ -173,7 +201,7 @@ async def run_demo(
     """Run until SIGINT/SIGTERM (or `stop` is set); `on_ready(api_url, token)` once up."""
     from vigie.app import running_node
 
-    total = 4
+    total = 5
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -183,15 +211,17 @@ async def run_demo(
         _step(1, total, "MQTT broker: looking for one on 127.0.0.1:1883…")
         url, protocol = await stack.enter_async_context(_broker(prefer_local_broker))
         print(f"      using {url} (MQTT {protocol})", file=sys.stderr)
-        _step(2, total, f"starting vigie with an embedded PostgreSQL under {data_dir}…")
-        config = demo_config(data_dir, url, protocol, listen)
+        _step(2, total, "camera streams: encoding the demo's clips (first run only)…")
+        clips = await asyncio.to_thread(_make_clips, data_dir / "demo-clips")
+        _step(3, total, f"starting vigie with an embedded PostgreSQL under {data_dir}…")
+        config = demo_config(data_dir, url, protocol, listen, clips)
         node = await stack.enter_async_context(running_node(config))
         assert node.subscriber is not None
         if not await node.subscriber.wait_connected(15):
             print(f"      not yet connected to {url}; vigie keeps trying", file=sys.stderr)
-        _step(3, total, "creating an operator token…")
+        _step(4, total, "creating an operator token…")
         token = await _operator_token(node)
-        _step(4, total, "simulating three collèges (Versailles, Saint-Germain-en-Laye, Issy)…")
+        _step(5, total, "simulating three collèges (Versailles, Saint-Germain-en-Laye, Issy)…")
         sim = Simulator(url, protocol)
         stack.callback(sim.close)
         sim_task = asyncio.create_task(sim.run(), name="vigie:demo-simulator")
@@ -206,6 +236,11 @@ Open alerts (last night's intrusion, a tamper, a panic button, a flat battery):
 Acknowledge one:
     curl -s -X POST -H "Authorization: Bearer $TOKEN" -d '{{"comment": "rondier prévenu"}}' \\
          {api}/api/v1/alerts/<id>/ack
+Cameras (the Préau freezes, the CDI corridor goes black, the gymnasium is covered,
+within about 20 s):
+    curl -s -H "Authorization: Bearer $TOKEN" {api}/api/v1/cameras
+    curl -s -H "Authorization: Bearer $TOKEN" -o entree.jpg \\
+         {api}/api/v1/cameras/clg-jean-moulin-versailles/entree/snapshot
 Sites, sensors, events:
     curl -s -H "Authorization: Bearer $TOKEN" {api}/api/v1/sites
     curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/v1/events?limit=5"
