@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import eventually, free_port
 from vigie.demo import run_demo
 
-
 EXPECTED_CAMERAS = {
     "entree": ("ok", []), "cour": ("ok", []), "parking": ("ok", []), "hall": ("ok", []),
     "preau": ("degraded", ["frozen"]), "couloir-cdi": ("degraded", ["black"]),
