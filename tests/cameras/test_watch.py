@@ -148,3 +148,29 @@ async def _open_alerts(http: aiohttp.ClientSession) -> list[dict[str, Any]]:
 async def _references(node: Node, n: int) -> bool:
     async with node.store.connection() as conn:
         return bool(await conn.fetchval("SELECT count(*) >= $1 FROM camera_references", n))
+
+
+async def test_h265_and_udp_streams_are_watched(fresh_dsn: str, mqtt_url: str,
+                                                rtsp_server: RtspServer) -> None:
+    site = {"id": SITE, "name": "Collège des tests", "uai": "0789999Z", "cameras": [
+        {"id": "hevc", "url": rtsp_server.add_clip("watch-hevc", codec="h265"),
+         "checks": CHECKS},
+        {"id": "udp", "url": rtsp_server.add_clip("watch-udp"), "transport": "udp",
+         "checks": CHECKS},
+    ]}
+    config = make_config(fresh_dsn, mqtt_url, sites=[site])
+    try:
+        async with running_node(config, with_mqtt=False) as node:
+            assert node.cameras is not None
+            cams = node.cameras.cameras
+
+            async def up() -> Any:
+                got = {k: (s.health.state, s.sample.codec if s.sample else None)
+                       for k, s in cams.items()}
+                want = {f"{SITE}/hevc": ("ok", "hevc"), f"{SITE}/udp": ("ok", "h264")}
+                return True if got == want else _Wrong(got)
+
+            await eventually(up, timeout=30)
+    finally:
+        rtsp_server.remove("watch-hevc")
+        rtsp_server.remove("watch-udp")

@@ -72,6 +72,7 @@ class MqttSubscriber:
         self._paused = False
         self._stopping = False
         self._held = False
+        self._received = 0
         self._connections = 0
         url = urlsplit(config.url)
         self._host = url.hostname or "127.0.0.1"
@@ -215,6 +216,9 @@ class MqttSubscriber:
 
     def _readable(self) -> None:
         self._client.loop_read(_PACKETS_PER_READ)
+        if self._received:
+            self._metrics.mqtt_messages.inc(self._received)
+            self._received = 0
 
     def _close_socket(self) -> None:
         # paho closes the connection (calling _on_socket_close) and its wake-up socket pair.
@@ -275,7 +279,7 @@ class MqttSubscriber:
                         self.endpoint, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._metrics.mqtt_messages.inc()
+        self._received += 1  # counted into the metric once per read, not once per message
         received_at = self._clock()
         try:
             topic = msg.topic
@@ -283,7 +287,8 @@ class MqttSubscriber:
             topic = "<undecodable topic>"
         body: list[SensorEvent] | DeviceStatus | DeadLetter
         try:
-            body = self._router.decode(topic, bytes(msg.payload), received_at)
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+            body = self._router.decode(topic, payload, received_at)
         except IngestError as exc:
             body = DeadLetter(received_at, topic, exc.reason, exc.detail, bytes(msg.payload))
         except Exception as exc:  # a decoder bug must not kill the connection
