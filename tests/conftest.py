@@ -19,6 +19,7 @@ import pytest
 
 from tests.pg import temporary_database
 from vigie.config import Config, parse_config
+from vigie.store import Store
 
 
 def free_port() -> int:
@@ -170,3 +171,25 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def store(fresh_dsn: str) -> AsyncIterator[Store]:
+    """A migrated store on a database of its own."""
+    s = await Store.open(fresh_dsn, size=3)
+    try:
+        await s.migrate()
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def reachable_data_dir() -> Iterator[Path]:
+    """A data directory the embedded PostgreSQL can use: as root, its server runs as the
+    'vigie' user, which cannot enter pytest's private /tmp/pytest-of-root (a deployment
+    would use /var/lib/vigie)."""
+    base = Path(tempfile.mkdtemp(prefix="vigie-test-"))
+    base.chmod(0o755)
+    yield base / "var"
+    shutil.rmtree(base, ignore_errors=True)

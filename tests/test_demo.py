@@ -4,9 +4,6 @@ and the alerts it promises visible through the API."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -23,12 +20,8 @@ EXPECTED_CAMERAS = {
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    # As root the embedded server runs as the 'vigie' user: it needs a directory it can reach.
-    base = Path(tempfile.mkdtemp(prefix="vigie-demo-test-"))
-    base.chmod(0o755)
-    yield base / "var"
-    shutil.rmtree(base, ignore_errors=True)
+def data_dir(reachable_data_dir: Path) -> Path:
+    return reachable_data_dir
 
 
 async def test_demo_shows_incidents_with_nothing_but_pip(data_dir: Path) -> None:

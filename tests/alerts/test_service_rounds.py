@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,15 +96,6 @@ def test_resolves_are_never_folded() -> None:
 
 # --- AlertService.apply on a real database ---------------------------------------------------
 
-
-@pytest.fixture
-async def store(fresh_dsn: str) -> AsyncIterator[Store]:
-    s = await Store.open(fresh_dsn, size=2)
-    try:
-        await s.migrate()
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -39,13 +36,8 @@ asyncio.run(main())
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    # As root the server runs as the 'vigie' user, which cannot enter pytest's private
-    # /tmp/pytest-of-root: use a directory it can reach, as a deployment would (/var/lib/vigie).
-    base = Path(tempfile.mkdtemp(prefix="vigie-test-"))
-    base.chmod(0o755)
-    yield base / "var"
-    shutil.rmtree(base, ignore_errors=True)
+def data_dir(reachable_data_dir: Path) -> Path:
+    return reachable_data_dir
 
 
 def postmaster_pid(data_dir: Path) -> int:

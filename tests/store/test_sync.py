@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,15 +17,6 @@ MQTT = "mqtt://127.0.0.1:1883"  # never connected to here
 PASSWORD = "S3cr3t-Zebra-42"
 QUERY_PASSWORD = "Qu3ry-Pass-77"
 
-
-@pytest.fixture
-async def store(fresh_dsn: str) -> AsyncIterator[Store]:
-    s = await Store.open(fresh_dsn, size=2)
-    try:
-        await s.migrate()
-        yield s
-    finally:
-        await s.close()
 
 
 def config_with(dsn: str, sites: list[dict[str, Any]]) -> Config:

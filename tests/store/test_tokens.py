@@ -19,15 +19,6 @@ from vigie.store._tokens import authenticate, create_token, list_tokens, revoke_
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-async def store(fresh_dsn: str) -> AsyncIterator[Store]:
-    s = await Store.open(fresh_dsn, size=3)
-    try:
-        await s.migrate()
-        yield s
-    finally:
-        await s.close()
-
 
 @pytest.fixture
 async def conn(store: Store) -> AsyncIterator[Any]:
