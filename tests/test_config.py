@@ -34,7 +34,8 @@ KINDS = "expected one of door, intrusion, tamper, panic, smoke, technical"
 DURATION = "expected a duration such as 5s, 500ms, 2m"
 POSITIVE = "expected a positive duration"
 UAI = "expected a UAI code: 7 digits and a letter, e.g. 0781234A"
-RTSP = "expected rtsp://[user:pass@]host[:port]/path"
+RTSP = ("expected rtsp://[user:pass@]host[:port]/path "
+        "(or file:///path/clip.mp4, replayed in a loop: demos, tests)")
 Z2M_TOPIC = "required for format zigbee2mqtt (zigbee2mqtt/<friendly name>)"
 JSON_MAPPING = "required for format json: {state: <path>, ts: <path>}"
 

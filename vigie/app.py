@@ -18,8 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from vigie.alerts import AlertService, Clock, RuleBook, Schedule, utc_now
+from vigie.alerts import AlertService, Clock, RuleBook, Schedule, SchoolCalendar, utc_now
+from vigie.alerts._feed import Feed
 from vigie.api import ApiContext, Authenticator, make_api
+from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
 from vigie.config import Config
 from vigie.errors import VigieError
@@ -46,7 +48,9 @@ class Node:
     clock: Clock
     store: Store
     alerts: AlertService
+    schedule: Schedule | None = None
     cameras: CameraSupervisor | None = None
+    feed: Feed | None = None
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
@@ -91,14 +95,25 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.error("loop %s stopped: %r", task.get_name(), task.exception())
 
 
-async def open_store(config: Config, stack: AsyncExitStack) -> Store:
-    """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
+async def database_dsn(config: Config, stack: AsyncExitStack) -> str:
+    """The configured PostgreSQL's DSN, or the embedded one's (started for the stack)."""
     if config.database.dsn is not None:
-        dsn = config.database.dsn.reveal()
-    else:
-        from vigie.store._embedded import embedded_postgres
+        return config.database.dsn.reveal()
+    from vigie.store._embedded import embedded_postgres
 
-        dsn = await stack.enter_async_context(embedded_postgres(config.node.data_dir))
+    dsn: str = await stack.enter_async_context(embedded_postgres(config.node.data_dir))
+    return dsn
+
+
+def load_schedule(config: Config) -> Schedule:
+    """Opening hours, public holidays and the school calendar, shared by rules and API."""
+    path = config.alerts.school_calendar
+    return Schedule(config.sites, SchoolCalendar.load(path) if path is not None else None)
+
+
+async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None) -> Store:
+    """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
+    dsn = dsn or await database_dsn(config, stack)
     store = await Store.open(dsn, size=config.database.pool_size,
                              timeout=config.database.connect_timeout)
     stack.push_async_callback(store.close)
@@ -123,7 +138,8 @@ async def _ping_forever(node: Node, interval: float = 2.0) -> None:
 @asynccontextmanager
 async def _sensors(node: Node) -> AsyncIterator[None]:
     config = node.config
-    rules = RuleBook(config, Schedule(config.sites).is_open)
+    assert node.schedule is not None
+    rules = RuleBook(config, node.schedule.is_open)
     inbox: Inbox[Received] = Inbox(config.database.write_queue)
     subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
                                 inbox, node.metrics, node.clock)
@@ -168,10 +184,27 @@ async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetim
 
 
 @asynccontextmanager
+async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
+    """Before every producer of changes and the API, so it is left after them: what they
+    published is written before it stops."""
+    feed = Feed(node.store, node.metrics, dsn, clock=node.clock)
+    await feed.start()
+    node.alerts.subscribe(feed.alert_changed)
+    node.feed = feed
+    node.spawn("feed", feed.run())
+    try:
+        yield
+    finally:
+        await feed.flush(DRAIN_SECONDS)
+        await node.stop("feed")
+
+
+@asynccontextmanager
 async def _cameras(node: Node) -> AsyncIterator[None]:
     supervisor = CameraSupervisor(node.config, node.store, node.alerts, node.metrics,
                                   node.clock, workers=node.config.node.camera_workers)
     node.cameras = supervisor
+    supervisor.on_state = node.feed.camera_state if node.feed else None
     await supervisor.start()
     node.spawn("cameras", supervisor.run())
     try:
@@ -185,9 +218,12 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
-                     auth=Authenticator(node.store), schedule=Schedule(config.sites),
-                     readiness=node.readiness, clock=node.clock, cameras=node.cameras)
-    runner = web.AppRunner(make_api(ctx), access_log=None, shutdown_timeout=2.0)
+                     auth=Authenticator(node.store), schedule=node.schedule or Schedule(()),
+                     readiness=node.readiness, clock=node.clock, cameras=node.cameras,
+                     feed=node.feed)
+    app = make_api(ctx)
+    install_stream(app, node.feed)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
     await site.start()
@@ -208,16 +244,19 @@ async def running_node(
     """Start every component of a node; stop them in reverse order on exit."""
     metrics = metrics or Metrics(config.node.name)
     async with AsyncExitStack() as stack:
-        store = await open_store(config, stack)
+        dsn = await database_dsn(config, stack)
+        store = await open_store(config, stack, dsn)
         async with store.connection() as conn:
             await sync_config(conn, config)
         metrics.db_up.set(1)
         alerts = AlertService(store, metrics, clock)
         await alerts.refresh()
-        node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts)
+        node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
+                    schedule=load_schedule(config))
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
+        await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_cameras(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))

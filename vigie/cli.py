@@ -85,6 +85,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load_config(path)  # ConfigError is reported by main()
+    from vigie.app import load_schedule
+
+    load_schedule(config)  # the school calendar file is part of the configuration
     cameras = sum(len(s.cameras) for s in config.sites)
     sensors = sum(len(s.sensors) for s in config.sites)
     kinds = {k: sum(1 for s in config.sites for x in s.sensors if x.kind == k)
@@ -164,6 +167,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calendar(args: argparse.Namespace) -> int:
+    from vigie.alerts._calendar import DEFAULT_CALENDAR_PATH, CalendarError, import_calendar
+
+    output = args.output or DEFAULT_CALENDAR_PATH
+    try:
+        calendar = import_calendar(args.file, output)
+    except CalendarError as exc:
+        print(f"vigie: {exc.source}: nothing written", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    used = sum(r.closes_schools for r in calendar.records)
+    print(f"{output}: {len(calendar.records)} record(s) from {args.file}, "
+          f"{used} closing schools")
+    for zone, years in calendar.coverage().items():
+        print(f"  {zone}: {', '.join(years)}")
+    for note in calendar.notes():
+        print(f"  note: {note}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", help="config file (default: $VIGIE_CONFIG, "
@@ -191,6 +215,15 @@ def _parser() -> argparse.ArgumentParser:
     revoke = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     revoke.add_argument("name")
     token.set_defaults(func=cmd_token)
+    calendar = sub.add_parser("calendar", help="school holidays calendar")
+    csub = calendar.add_subparsers(dest="calendar_cmd", required=True)
+    imp = csub.add_parser(
+        "import", help="validate a fr-en-calendrier-scolaire export (CSV with ';' or JSON) "
+        "and install it")
+    imp.add_argument("file", help="the dataset's CSV or JSON export")
+    imp.add_argument("--output", help="where to write it, as JSON "
+                     "(default: config/calendrier-scolaire.json)")
+    calendar.set_defaults(func=cmd_calendar)
     demo = sub.add_parser("demo", parents=[common],
                           help="run a self-contained demo (embedded database and broker)")
     demo.add_argument("--data-dir", default="./var/demo")

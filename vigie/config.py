@@ -513,6 +513,10 @@ class AlertsConfig(_Model):
     def _camera_defaults(cls, value: dict[CameraReason, Severity]
                          ) -> dict[CameraReason, Severity]:
         return {**_camera_severities(), **value}  # override some, keep the others
+    # School holidays, in the format of the Ministry's fr-en-calendrier-scolaire dataset
+    # (update with `vigie calendar import`); relative to the config file. None: the
+    # calendar shipped with vigie.
+    school_calendar: Path | None = None
     # Severity of device-health alerts (sensor offline / silent, battery low).
     device_offline_severity: Severity = "major"
     battery_low_severity: Severity = "minor"
@@ -718,6 +722,10 @@ def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Co
         config = None
     if problems or config is None:
         raise ConfigError([_with_origin(p, origin) for p in problems], source)
+    calendar = config.alerts.school_calendar
+    if calendar is not None and not calendar.is_absolute() and base_dir is not None:
+        alerts = config.alerts.model_copy(update={"school_calendar": base_dir / calendar})
+        config = config.model_copy(update={"alerts": alerts})
     return config
 
 

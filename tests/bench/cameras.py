@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -335,6 +334,13 @@ class Run:
     def cpu_per_stream(self) -> float:
         return self.cores / self.streams
 
+    @property
+    def others(self) -> float:
+        """Cores used by neither the measured processes nor the RTSP server (this script,
+        PostgreSQL, anything else on the machine): the noise on the figures."""
+        return max(0.0, self.machine_busy * (os.cpu_count() or 1) - self.cores
+                   - self.server_cores)
+
 
 def node_config(dsn: str, urls: list[str], workers: int | None, data_dir: Path
                 ) -> dict[str, Any]:
@@ -446,8 +452,8 @@ async def _window(node: NodeProcess, run: Run, window: float, server: Any,
     sa, pa = judged["sample_age"], judged["packet_age"]
     print(f"    vigie CPU {run.cores * 100:6.1f} % of a core = "
           f"{run.cpu_per_stream * 100:.3f} % per camera ({len(pids)} processes); "
-          f"machine busy {run.machine_busy * 100:.0f} %; RTSP server "
-          f"{run.server_cores * 100:.1f} %")
+          f"RTSP server {run.server_cores * 100:.1f} %; machine busy "
+          f"{run.machine_busy * 100:.0f} % ({run.others * 100:.0f} % of a core by others)")
     print(f"    memory above an idle node: RSS {run.rss_mb:.0f} MB "
           f"({run.rss_mb / run.streams:.2f} MB/camera), PSS {run.pss_mb:.0f} MB "
           f"({run.pss_mb / run.streams:.2f} MB/camera); node process RSS "
@@ -546,8 +552,9 @@ def measure_ffmpeg(server: Any, urls: list[str], args: argparse.Namespace,
                     p.kill()
                     p.wait()
     print(f"    ffmpeg CPU {run.cores * 100:6.1f} % of a core = "
-          f"{run.cpu_per_stream * 100:.3f} % per stream; machine busy "
-          f"{run.machine_busy * 100:.0f} %; RTSP server {run.server_cores * 100:.1f} %; "
+          f"{run.cpu_per_stream * 100:.3f} % per stream; RTSP server "
+          f"{run.server_cores * 100:.1f} %; machine busy {run.machine_busy * 100:.0f} % "
+          f"({run.others * 100:.0f} % of a core by others); "
           f"RSS {run.rss_mb / run.streams:.1f} MB / PSS {run.pss_mb / run.streams:.1f} MB "
           f"per process; {dead} died")
     return run
@@ -593,6 +600,17 @@ def summary(runs: list[Run], alive: bool, code: int | None) -> None:
                   f"{ratio:>8} {mem[0]:>10.2f} {mem[1]:>6.2f} {age:>8} {age_max:>6} "
                   f"{offline:>15} {row.machine_busy * 100:>4.0f}% "
                   f"{row.server_cores * 100:>6.1f}%")
+    by_who: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.who != "ffmpeg":
+            by_who.setdefault(r.who, []).append(r)
+    for who, rs in by_who.items():
+        if len(rs) >= 2:
+            first, last = min(rs, key=lambda r: r.streams), max(rs, key=lambda r: r.streams)
+            slope = (last.rss_mb - first.rss_mb) / (last.streams - first.streams)
+            pss = (last.pss_mb - first.pss_mb) / (last.streams - first.streams)
+            print(f"{who}: memory per added camera ({first.streams} → {last.streams}): "
+                  f"RSS {slope:.2f} MB, PSS {pss:.2f} MB")
     print(f"targets: ≤ 1.2× ffmpeg at 200 streams; ≤ 2 MB/camera; sample age ≤ 2 s; "
           f"offline ≤ {OFFLINE_AFTER + 1:.0f} s")
     print(f"RTSP server alive and answering at the end: {alive}; exit code on stop: {code}")

@@ -20,6 +20,20 @@ Commands (`{"cmd": ...}`):
     remove    name                 unmount and disconnect its clients
     quit                           exit (so do SIGTERM, SIGINT and EOF on stdin)
 
+Faults (`{"cmd": "fault", "name": N, "kind": K, "arg": A}`); picture faults need a live mount and
+add up (black, dark and bright are one exposure setting: the last one wins):
+
+    stop            unmount (new clients get 404) and close the connections of its clients
+    start           mount again
+    freeze          packets keep flowing at 10 fps, the decoded picture never changes
+    black           Y = 16 everywhere          dark     mean Y ~ 24, texture still there
+    bright          mean Y ~ 210               blur [sigma, default 2]   gaussian defocus
+    cover [fraction, default 0.85]             a flat grey layer over the right part
+    shift [[dx, dy], default [128, 72]]        the scene moves right/down (camera turned)
+    fps N           frames dropped down to N per second (same caps, same encoder)
+    stall           connection open, no RTP at all (no packet for `offline_after`)
+    normal          every fault removed (and the mount started again)
+
 `add_*` are idempotent: re-adding a live camera clears its faults and restarts it (its clients
 stay connected); re-adding a clip re-points it (its clients are disconnected).
 
@@ -44,6 +58,7 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 from typing import Any
 
 try:
@@ -425,8 +440,11 @@ class CameraServer:
             args = {k: v for k, v in command.items() if k not in ("cmd", "id")}
             result = handler(**args)
             answer = {"ok": True, **result}
-        except (CommandError, ValueError, TypeError) as exc:
+        except (CommandError, ValueError, TypeError) as exc:  # bad JSON, arguments, values
             answer = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug here: say so, and keep serving the other cameras
+            traceback.print_exc()
+            answer = {"ok": False, "error": f"internal error: {exc!r}"}
         if ident is not None:
             answer["id"] = ident
         reply(answer)

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from vigie.alerts import AlertService, Schedule
+from vigie.alerts._feed import Feed
 from vigie.api._auth import Authenticator, Principal
 from vigie.api._errors import ApiError
 from vigie.api._spec import ALL_ROLES, Endpoint, Param
@@ -40,6 +41,7 @@ class ApiContext:
     readiness: Callable[[], dict[str, str]]  # check name → "ok" or what is wrong
     clock: Callable[[], datetime]
     cameras: CameraSupervisor | None = None
+    feed: Feed | None = None
     openapi: dict[str, Any] = field(default_factory=dict)  # filled by make_api
 
 
@@ -282,6 +284,8 @@ _ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
 
 def endpoints() -> list[Endpoint]:
     from vigie.api._cameras import camera_endpoints
+    from vigie.api._stream import PATH as STREAM_PATH
+    from vigie.api._stream import stream
 
     site_q = Param("site", description="site id (slug)")
     return [*camera_endpoints(),
@@ -319,6 +323,13 @@ def endpoints() -> list[Endpoint]:
         Endpoint("POST", "/api/v1/alerts/{alert_id}/comments", comment_alert,
                  "Comment on an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
                  body="RequiredCommentBody", response="Alert", statuses=(201,)),
+        Endpoint("GET", STREAM_PATH, stream,
+                 "Follow alert and camera-state changes live (WebSocket); without an "
+                 "Upgrade, the feed's status", "alerts", _READ, response="FeedStatus",
+                 params=(Param("since", type="integer", minimum=0, maximum=2**63 - 1,
+                               description="the last seq received: replay what came after"),
+                         Param("token", description="the API token, for clients that cannot "
+                                                    "set the Authorization header"))),
         Endpoint("GET", "/api/v1/dead-letters", list_dead_letters,
                  "Rejected MQTT messages, newest first", "sensors", _ADMIN,
                  params=(_LIMIT,), response="DeadLetterList"),

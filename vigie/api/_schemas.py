@@ -141,6 +141,37 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"camera": {"type": "string"}, "site": {"type": "string"},
                        "status": {"type": "string"}, "learn_for": {"type": "number"}},
     },
+    "FeedStatus": {
+        "type": "object", "required": ["head", "since_min", "following"],
+        "properties": {
+            "head": {"type": "integer", "description": "newest seq sent to this node's clients"},
+            "since_min": {"type": "integer",
+                          "description": "the oldest since= that resumes without a gap"},
+            "following": {"type": "boolean",
+                          "description": "this node listens to the cluster's changes now"}},
+    },
+    "StreamMessage": {
+        "type": "object", "required": ["type"],
+        "description": "A message of GET /api/v1/stream; feed.* messages carry no seq.",
+        "properties": {
+            "type": {"type": "string", "enum": [
+                "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
+                "alert.commented", "camera.state", "feed.hello", "feed.gap"]},
+            "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},
+            "actor": {"type": "string"}, "alert": {"$ref": "#/components/schemas/Alert"},
+            "camera": {
+                "type": "object", "required": ["id", "site", "state", "reasons", "since"],
+                "properties": {
+                    "id": {"type": "string"}, "site": {"type": "string"},
+                    "state": {"type": "string",
+                              "enum": ["unknown", "ok", "degraded", "offline"]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "since": _TS}},
+            "head": {"type": "integer"}, "since": {"type": "integer", "nullable": True},
+            "since_min": {"type": "integer"},
+            "reason": {"type": "string", "enum": ["trimmed", "unknown"]},
+        },
+    },
     "Health": {
         "type": "object", "required": ["status"],
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},

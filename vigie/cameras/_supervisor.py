@@ -89,6 +89,9 @@ class CameraSupervisor:
         self._pending: asyncio.Queue[Callable[[], Any]] = asyncio.Queue(maxsize=10_000)
         self._snapshots = config.node.data_dir / "snapshots"
         self._started = time.time()
+        # Told of every change of a camera's state or reasons (the live feed):
+        # (site, camera, state, reasons, at). Must not block.
+        self.on_state: Callable[[str, str, str, frozenset[str], datetime], None] | None = None
         for site in config.sites:
             for cam in site.cameras:
                 checks = config.camera_checks(cam)
@@ -195,6 +198,8 @@ class CameraSupervisor:
         at = self._clock()
         for state in self.cameras.values():
             seen = self._reasons(state, now)
+            if seen is None:
+                continue  # nothing known yet: the camera stays unknown
             change = state.health.observe(seen, at)
             self._export(state)
             if change.activated or change.repeated or change.cleared or change.state_changed:
@@ -204,13 +209,14 @@ class CameraSupervisor:
                 self._later(self._sample_writer(state, at))
             self._note_snapshot(state)
 
-    def _reasons(self, state: CameraState, now: float) -> frozenset[str]:
+    def _reasons(self, state: CameraState, now: float) -> frozenset[str] | None:
+        """What the camera shows now; None while there is nothing to judge it on."""
         s = state.sample
         offline_after = state.checks.offline_after
         if s is None or s.last_packet_at is None:
             # Never a packet: offline once the first connection has had its chance.
             waited = now - self._started
-            return frozenset({"offline"}) if waited > offline_after + 5 else frozenset()
+            return frozenset({"offline"}) if waited > offline_after + 5 else None
         stale = now - s.at > offline_after + REPORT_EVERY  # the worker itself is silent
         if stale or now - s.last_packet_at > offline_after:
             return frozenset({"offline"})
@@ -242,6 +248,8 @@ class CameraSupervisor:
         if change.state_changed or change.activated or change.cleared:
             log.info("camera %s/%s: %s %s", site, cam, change.state,
                      ",".join(sorted(change.reasons)) or "")
+            if self.on_state is not None:
+                self.on_state(site, cam, change.state, change.reasons, at)
             transition = cameras_q.Transition(site, cam, at, change.state,
                                               tuple(sorted(change.reasons)), None,
                                               self._details(state))
