@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -90,12 +91,22 @@ class FeedMessage:
         return cls(row["seq"], row["type"], row["site"], orjson.dumps(body).decode())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Change:
+    """A change waiting to be written. Its JSON is made when written: a burst of repeats of
+    one alert then costs one serialisation, not one per repeat."""
+
     at: datetime
     type: str
     site: str
-    payload: str  # JSON
+    body: dict[str, Any] | AlertChange
+
+    @property
+    def payload(self) -> str:
+        body = self.body
+        if isinstance(body, AlertChange):
+            body = {"actor": body.actor, "alert": body.alert.to_json()}
+        return orjson.dumps(body).decode()
 
 
 class Subscription:
@@ -164,6 +175,7 @@ class Feed:
         self.head = 0  # seq of the newest message dispatched on this node
         self.following = False  # listening to the database right now
         self._outbox: deque[_Change] = deque()
+        self._repeats: dict[uuid.UUID, _Change] = {}  # repeats waiting, by alert id
         self._outbox_limit = outbox
         self._outbox_ready = asyncio.Event()
         self._drained = asyncio.Event()
@@ -189,9 +201,20 @@ class Feed:
     # producers: called on the event loop, never wait ---------------------------------------
 
     def alert_changed(self, change: AlertChange) -> None:
-        """An AlertService listener."""
-        self._publish(f"alert.{change.action}", change.alert.site, self._clock(),
-                      {"actor": change.actor, "alert": change.alert.to_json()})
+        """An AlertService listener. Repeats of an alert still waiting to be written fold
+        into the waiting one (its count and last_seen_at move on): under a burst the feed
+        carries each alert's latest state, not every repeat."""
+        if change.action == "repeated":
+            waiting = self._repeats.get(change.alert.id)
+            if waiting is not None:
+                waiting.body, waiting.at = change, self._clock()
+                return
+        pending = self._publish(f"alert.{change.action}", change.alert.site, self._clock(),
+                                change)
+        if pending is not None and change.action == "repeated":
+            self._repeats[change.alert.id] = pending
+        else:
+            self._repeats.pop(change.alert.id, None)  # later news: do not fold into older
 
     def camera_state(self, site: str, camera: str, state: str, reasons: Iterable[str],
                      at: datetime) -> None:
@@ -200,17 +223,20 @@ class Feed:
             "id": camera, "site": site, "state": state, "reasons": sorted(reasons),
             "since": at.isoformat()}})
 
-    def _publish(self, type_: str, site: str, at: datetime, payload: dict[str, Any]) -> None:
+    def _publish(self, type_: str, site: str, at: datetime,
+                 body: dict[str, Any] | AlertChange) -> _Change | None:
         if len(self._outbox) >= self._outbox_limit:
             self._lost.inc()
             if not self._overflowing:
                 log.error("feed: %d changes wait to be written; leaving new ones out",
                           len(self._outbox))
                 self._overflowing = True
-            return
-        self._outbox.append(_Change(at, type_, site, orjson.dumps(payload).decode()))
+            return None
+        change = _Change(at, type_, site, body)
+        self._outbox.append(change)
         self._outbox_ready.set()
         self._drained.clear()
+        return change
 
     # consumers ---------------------------------------------------------------------------
 
@@ -292,6 +318,8 @@ class Feed:
 
     async def _write_some(self) -> None:
         batch = list(islice(self._outbox, BATCH))
+        for change in batch:  # being written: later repeats are news, not folds
+            self._forget(change)
         try:
             await self._insert(batch)
         except StoreError as exc:
@@ -310,6 +338,13 @@ class Feed:
             return
         for _ in batch:
             self._outbox.popleft()
+
+    def _forget(self, written: _Change) -> None:
+        """A repeat being written no longer takes folds: the next repeat is news again."""
+        if isinstance(written.body, AlertChange) and written.type == "alert.repeated":
+            alert_id = written.body.alert.id
+            if self._repeats.get(alert_id) is written:
+                del self._repeats[alert_id]
 
     async def _insert(self, changes: list[_Change]) -> None:
         if not changes:
