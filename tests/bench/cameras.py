@@ -417,28 +417,45 @@ async def measure_vigie(server: Any, urls: list[str], mounts: list[str], workers
                 if rest > 0:
                     await asyncio.sleep(rest)
                 print(f"    references learned: {refs}/{n}; window of {args.window:.0f} s")
-                await _window(node, run, args.window, server, idle)
+                await _window(node, run, args.window, server, idle, dsn)
                 await _api_ages(http, run)
                 await _offline(http, server, mounts, run)
                 if soak:
                     print(f"    soak: {soak:.0f} s more, then a second window")
                     await asyncio.sleep(soak)
                     again = Run(n, f"vigie {workers}w soak")
-                    await _window(node, again, args.window, server, idle)
+                    await _window(node, again, args.window, server, idle, dsn)
                     run.extra["soak"] = again
         finally:
             node.stop()
     return run
 
 
+async def _pg_backends(dsn: str) -> list[int]:
+    """The PostgreSQL server processes serving the node's database (its pool)."""
+    import asyncpg
+
+    from tests.pg import PG_ADMIN_DSN
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1",
+                                dsn.rpartition("/")[2].partition("?")[0])
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
 async def _window(node: NodeProcess, run: Run, window: float, server: Any,
-                  idle: tuple[int, int]) -> None:
+                  idle: tuple[int, int], dsn: str) -> None:
     node.ask("stats")  # resets the judging probe
     pids = node.pids()
     cpu = CpuWindow(pids)
+    pg = CpuWindow(await _pg_backends(dsn))
     server_cpu0 = server.status()["cpu_seconds"]
     await asyncio.sleep(window)
     run.cores, elapsed, run.machine_busy = cpu.stop()
+    run.extra["pg_cores"] = pg.stop()[0]
     run.server_cores = (server.status()["cpu_seconds"] - server_cpu0) / elapsed
     judged = node.ask("stats")
     rss = pss = 0
@@ -452,8 +469,9 @@ async def _window(node: NodeProcess, run: Run, window: float, server: Any,
     sa, pa = judged["sample_age"], judged["packet_age"]
     print(f"    vigie CPU {run.cores * 100:6.1f} % of a core = "
           f"{run.cpu_per_stream * 100:.3f} % per camera ({len(pids)} processes); "
-          f"RTSP server {run.server_cores * 100:.1f} %; machine busy "
-          f"{run.machine_busy * 100:.0f} % ({run.others * 100:.0f} % of a core by others)")
+          f"RTSP server {run.server_cores * 100:.1f} %; PostgreSQL for the node "
+          f"{run.extra['pg_cores'] * 100:.1f} %; machine busy {run.machine_busy * 100:.0f} % "
+          f"({run.others * 100:.0f} % of a core by others, PostgreSQL included)")
     print(f"    memory above an idle node: RSS {run.rss_mb:.0f} MB "
           f"({run.rss_mb / run.streams:.2f} MB/camera), PSS {run.pss_mb:.0f} MB "
           f"({run.pss_mb / run.streams:.2f} MB/camera); node process RSS "
@@ -471,16 +489,20 @@ async def _window(node: NodeProcess, run: Run, window: float, server: Any,
 
 async def _api_ages(http: Any, run: Run, polls: int = 10) -> None:
     ages: list[float] = []
+    analysed: list[float] = []
     for _ in range(polls):
         items = await cameras(http)
         now = time.time()
-        ages.extend(a for x in items if x["state"] == "ok"
-                    and (a := iso_age(now, x["last_frame_at"])) is not None)
+        ok = [x for x in items if x["state"] == "ok"]
+        ages.extend(a for x in ok if (a := iso_age(now, x["last_frame_at"])) is not None)
+        analysed.extend(a for x in ok
+                        if (a := iso_age(now, x.get("last_analysed_at"))) is not None)
         await asyncio.sleep(1)
-    q = quantiles(ages)
+    q, qa = quantiles(ages), quantiles(analysed)
     run.extra["api_last_frame_age"] = q
     print(f"    API last_frame_at age p99 {q['p99']:.2f} / max {q['max']:.2f} s "
-          f"({q['n']} readings)")
+          f"({q['n']} readings); last_analysed_at age p50 {qa['p50']:.2f} / p99 "
+          f"{qa['p99']:.2f} / max {qa['max']:.2f} s (analyse_every 2 s)")
 
 
 async def _offline(http: Any, server: Any, mounts: list[str], run: Run) -> None:
