@@ -398,6 +398,7 @@ async def measure_vigie(server: Any, urls: list[str], mounts: list[str], workers
     async with temporary_database("vigie_bench") as dsn:
         data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=workdir))
         node = NodeProcess(node_config(dsn, urls, workers, data_dir), workdir)
+        started = time.monotonic()
         try:
             headers = {"Authorization": f"Bearer {node.token}"}
             async with aiohttp.ClientSession(node.api, headers=headers) as http:
@@ -413,7 +414,7 @@ async def measure_vigie(server: Any, urls: list[str], mounts: list[str], workers
                         break
                     await asyncio.sleep(1)
                 refs = node.ask("refs")["refs"]
-                rest = args.warmup - took
+                rest = args.warmup - (time.monotonic() - started)
                 if rest > 0:
                     await asyncio.sleep(rest)
                 print(f"    references learned: {refs}/{n}; window of {args.window:.0f} s")

@@ -56,7 +56,18 @@ class StreamStats:
     codec: str = ""
     reconnects: int = 0
     error: str | None = None
+    # Packets of the last `fps_window` only (pruned as they come): the rates are computed
+    # every second, and a long history cost CPU and memory for nothing.
     arrivals: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
+    receiving_since: float | None = None  # first packet of the current connection
+
+    def arrived(self, now: float, size: int, window: float) -> None:
+        arrivals = self.arrivals
+        arrivals.append((now, size))
+        while arrivals and now - arrivals[0][0] > window:
+            arrivals.popleft()
+        if self.receiving_since is None:
+            self.receiving_since = now
 
     def rates(self, now: float, window: float) -> tuple[float, float]:
         """Frames per second and bits per second over the last `window` seconds."""
@@ -129,6 +140,8 @@ class StreamWatcher:
             self.stats.width, self.stats.height = ctx.width, ctx.height
             if not self.stats.connected:  # a replayed file's loop is no new connection
                 self.analyser.reconnected()
+                self.stats.receiving_since = None
+                self.stats.arrivals.clear()
             self.stats.connected, self.stats.error = True, None
             next_analysis = 0.0
             packets = container.demux(stream)
@@ -141,9 +154,11 @@ class StreamWatcher:
                     continue
                 now = time.time()
                 self.stats.last_packet_at = now
-                self.stats.arrivals.append((now, packet.size))
+                self.stats.arrived(now, packet.size, self.spec.checks.fps_window)
                 if packet.is_keyframe and now >= next_analysis:
-                    next_analysis = now + self.spec.checks.analyse_every
+                    # 0.9: a keyframe a few ms early must not be skipped (which would analyse
+                    # every other keyframe when analyse_every equals the keyframe interval).
+                    next_analysis = now + 0.9 * self.spec.checks.analyse_every
                     self._analyse(packet, now)
         finally:
             container.close()

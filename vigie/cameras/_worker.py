@@ -49,7 +49,8 @@ def _sample(w: StreamWatcher, now: float) -> Sample:
     fps, bitrate = w.stats.rates(now, w.spec.checks.fps_window)
     a = w.analyser
     reasons = set(a.reasons) if w.stats.connected else set()
-    warmed_up = (w.stats.arrivals and now - w.stats.arrivals[0][0] >= w.spec.checks.fps_window)
+    since = w.stats.receiving_since
+    warmed_up = since is not None and now - since >= w.spec.checks.fps_window
     if (w.stats.connected and warmed_up and fps < w.spec.checks.min_fps
             and "low_fps" not in w.spec.checks.disabled):
         reasons.add("low_fps")
