@@ -134,8 +134,6 @@ class StreamWatcher:
         try:
             stream = container.streams.video[0]
             ctx = stream.codec_context
-            ctx.skip_frame = "NONKEY"  # keyframes only: the checks need no more
-            ctx.thread_count = 1  # hundreds of decoders must not each start a thread pool
             self.stats.codec = ctx.name
             self.stats.width, self.stats.height = ctx.width, ctx.height
             if not self.stats.connected:  # a replayed file's loop is no new connection
@@ -159,17 +157,34 @@ class StreamWatcher:
                     # 0.9: a keyframe a few ms early must not be skipped (which would analyse
                     # every other keyframe when analyse_every equals the keyframe interval).
                     next_analysis = now + 0.9 * self.spec.checks.analyse_every
-                    self._analyse(packet, now)
+                    self._analyse(ctx, packet, now)
         finally:
             container.close()
 
-    def _analyse(self, packet: Any, now: float) -> None:
-        for frame in packet.decode():
+    def _analyse(self, stream_ctx: Any, packet: Any, now: float) -> None:
+        for frame in _decode_keyframe(stream_ctx, packet):
             self.stats.width, self.stats.height = frame.width, frame.height
             luma, limited = _luma(frame)
             self.analyser.analyse(luma, now, limited_range=limited)
             if self.spec.snapshot_path is not None and self.analyser.snapshot_due(now):
                 self.analyser.write_snapshot(frame, self.spec.snapshot_path)
+
+
+def _decode_keyframe(stream_ctx: Any, packet: Any) -> list[Any]:
+    """Decode one keyframe with a decoder of its own, freed at once.
+
+    An open decoder holds its frame pool and scratch buffers (about 1.5 MB at 640×360) for
+    as long as it lives; a camera needs one for a few milliseconds every `analyse_every`
+    seconds, so hundreds of cameras would keep hundreds of idle decoders. A keyframe needs
+    no previous picture, and the stream's parameter sets (extradata, and usually repeated in
+    band) are all it needs. The stream's own codec context is never opened.
+    """
+    decoder = av.CodecContext.create(stream_ctx.codec, "r")
+    decoder.extradata = stream_ctx.extradata
+    decoder.thread_count = 1  # a thread pool per analysis would cost more than the decode
+    decoder.skip_frame = "NONKEY"  # a packet mislabelled as a keyframe decodes to nothing
+    # The flush (None) returns a frame the decoder held back for reordering.
+    return [*decoder.decode(packet), *decoder.decode(None)]
 
 
 def _luma(frame: Any) -> tuple[np.ndarray, bool]:

@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from vigie.cameras._malloc import release_free_memory, tune_allocator
 from vigie.cameras._stream import CameraSpec, StreamWatcher
 
 __all__ = ["Sample", "worker_main"]
 
 log = logging.getLogger("vigie.cameras")
+
+# Free pages of the allocator's arenas go back to the system this often: connections come
+# and go, and each leaves freed probe buffers behind in the arena of its thread.
+TRIM_EVERY = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class _Worker:
             self.conn.send(message)
 
     def report_forever(self) -> None:
+        trimmed = time.monotonic()
         while not self.done.wait(self.report_every):
             now = time.time()
             watchers = list(self.watchers.values())
@@ -88,6 +94,9 @@ class _Worker:
                         self.send(("reference", w.spec.key, learned))
             except (OSError, EOFError):  # the node is gone
                 self.done.set()
+            if time.monotonic() - trimmed >= TRIM_EVERY:  # after the report: never delays it
+                trimmed = time.monotonic()
+                release_free_memory()
 
     def handle(self, kind: str, arg: Any) -> None:
         if kind == "add":
@@ -131,4 +140,5 @@ def worker_main(conn: Connection, report_every: float) -> None:
     # reaches the whole process group, and must not kill workers mid-report.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
+    tune_allocator()  # before any camera thread gets an arena
     _Worker(conn, report_every).run()
