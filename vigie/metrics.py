@@ -76,6 +76,21 @@ class Metrics:
         self.camera_check_seconds = Histogram(
             "vigie_camera_check_seconds", "Time to decode and analyse one keyframe",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5), registry=r)
+        self.camera_worker_up = Gauge(
+            "vigie_camera_worker_up", "1 while the camera worker process reports on time",
+            ["worker"], registry=r)
+        self.camera_worker_restarts = Counter(
+            "vigie_camera_worker_restarts", "Camera worker processes restarted",
+            ["reason"], registry=r)  # died, hung
+        self.cameras_stale = Gauge(
+            "vigie_cameras_stale", "Cameras not judged: their worker is late or restarting",
+            registry=r)
+        self.camera_history_queue = Gauge(
+            "vigie_camera_history_queue", "Camera history waiting to be written", ["kind"],
+            registry=r)
+        self.camera_history_dropped = Counter(
+            "vigie_camera_history_dropped", "Camera history dropped unwritten (samples only)",
+            ["kind"], registry=r)
         self.http_requests = Counter(
             "vigie_http_requests", "API requests", ["route", "method", "status"], registry=r)
         self.http_seconds = Histogram(

@@ -71,6 +71,17 @@ class CameraHealth:
         return HealthChange(state, self.reasons, frozenset(activated), frozenset(repeated),
                             frozenset(cleared), changed)
 
+    def suspend(self, at: datetime) -> HealthChange:
+        """Nothing is known of the camera any more (its worker cannot be restarted): unknown.
+
+        Its active reasons and their counts stay: once the camera is judged again, a fault
+        that went away resolves its alert after `good_samples`, and one still there carries
+        on without counting as a repeat."""
+        changed = self.state != "unknown"
+        if changed:
+            self.state, self.since = "unknown", at
+        return HealthChange(self.state, frozenset(), state_changed=changed)
+
     def _threshold_in(self, reason: str) -> int:
         # `offline` is already time-based (no packet for offline_after): no extra delay.
         return 1 if reason == "offline" else self.bad_samples

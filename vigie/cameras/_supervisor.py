@@ -2,35 +2,48 @@
 
 Workers report samples every second; the supervisor turns them into health (with
 hysteresis), alerts (raised and resolved through the alert service), stored transitions and
-low-rate samples. A camera whose worker stops reporting, or whose stream stopped delivering
-packets for `offline_after`, is offline: that judgement is made here, on the node's clock,
-so no hung stream or worker can hide it.
+low-rate samples. Whether a stream stopped delivering packets for `offline_after` is judged
+here, on the node's clock, from the time of its last packet.
+
+Timing. Picture reasons and hysteresis are judged once a second (`bad_samples` and
+`good_samples` count seconds). Offline deadlines are checked every `SWEEP_EVERY`: judged only
+on the one-second tick, a camera was seen offline between `offline_after` and
+`offline_after` + 1 s after its last packet, plus the tick's own drift (5.7-6.8 s measured at
+300 cameras for a 5 s `offline_after`); now it is 0.2 s at most, plus event-loop lag.
+
+A worker that stops reporting. Its samples say nothing about its cameras any more, so they
+are not judged: each keeps its last state, shown as `stale` by the API and counted in
+vigie_cameras_stale, while the worker is flagged (log, vigie_camera_worker_up). Judging them
+offline instead would raise one false "camera offline" alert per camera — 150 at once for a
+worker of a 300-camera node — for what is one fault of the node, which has its own metric and
+alert. A late worker is killed after `HUNG_AFTER` and restarted with its cameras, as is one
+that died; a camera left without a judgement for `UNKNOWN_AFTER` (its worker cannot be
+restarted) becomes `unknown`, so that nothing is shown as fine for long on no evidence. Its
+open alerts stay open: they resolve once it is judged again and the fault is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from vigie.alerts import AlertService, Decision, Raise, Resolve
 from vigie.cameras._health import CameraHealth, HealthChange
+from vigie.cameras._history import CameraHistory
 from vigie.cameras._stream import CameraSpec
-from vigie.cameras._worker import Sample, worker_main
+from vigie.cameras._worker import Sample
+from vigie.cameras._workers import WorkerPool
 from vigie.config import CameraChecks, CameraConfig, Config, SiteConfig
 from vigie.metrics import Metrics
+from vigie.secrets import redact_url
 from vigie.store import Store
-from vigie.store import _alerts as alerts_q
 from vigie.store import _cameras as cameras_q
 from vigie.store._alerts import AlertOccurrence
 
@@ -38,8 +51,13 @@ __all__ = ["CameraState", "CameraSupervisor"]
 
 log = logging.getLogger("vigie.cameras")
 
-REPORT_EVERY = 1.0
+REPORT_EVERY = 1.0  # workers report every camera this often
+JUDGE_EVERY = 1.0  # hysteresis counts judgements: `bad_samples` 3 means 3 seconds
+SWEEP_EVERY = 0.2  # offline deadlines are checked this often
 SAMPLE_EVERY = 60.0  # stored samples, for history and availability
+FIRST_CONNECTION_GRACE = 5.0  # beyond offline_after, for a camera never received yet
+UNKNOWN_AFTER = 60.0  # a camera not judged this long (its worker is down) becomes unknown
+REFERENCES_TIMEOUT = 10.0  # a restarting worker waits this long for its cameras' references
 _TITLES = {
     "offline": "Camera offline", "low_fps": "Camera frame rate too low",
     "frozen": "Camera picture frozen", "black": "Camera picture black",
@@ -47,6 +65,7 @@ _TITLES = {
     "blurred": "Camera picture blurred", "covered": "Camera covered (possible tampering)",
     "moved": "Camera moved (possible tampering)",
 }
+_STATES = ("ok", "degraded", "offline", "unknown")
 
 
 @dataclass
@@ -59,20 +78,18 @@ class CameraState:
     health: CameraHealth
     worker: int
     sample: Sample | None = None
+    watching_since: float = 0.0  # given to its current worker process (wall clock)
+    judged_at: float | None = None
     last_stored: float = 0.0
-    reconnects_counted: int = 0
+    reconnects_counted: int = 0  # as counted by its current worker process
+    reconnects: int = 0  # since the node started, across worker restarts
     snapshot_recorded: float | None = None
+    analysed_counted: float | None = None
+    gauges: dict[str, Any] = field(default_factory=dict)  # metric children, looked up once
 
     @property
     def key(self) -> str:
         return f"{self.site.id}/{self.camera.id}"
-
-
-@dataclass
-class _Worker:
-    process: Any
-    conn: Connection
-    cameras: set[str] = field(default_factory=set)
 
 
 class CameraSupervisor:
@@ -80,24 +97,24 @@ class CameraSupervisor:
                  clock: Callable[[], datetime], workers: int | None = None) -> None:
         self._config = config
         self._store = store
-        self._alerts = alerts
         self._metrics = metrics
         self._clock = clock
-        self._n_workers = workers or max(1, min(os.cpu_count() or 1, 8))
-        self._workers: list[_Worker] = []
         self.cameras: dict[str, CameraState] = {}
-        self._pending: asyncio.Queue[Callable[[], Any]] = asyncio.Queue(maxsize=10_000)
-        self._snapshots = config.node.data_dir / "snapshots"
-        self._started = time.time()
-        # Told of every change of a camera's state or reasons (the live feed):
-        # (site, camera, state, reasons, at). Must not block.
-        self.on_state: Callable[[str, str, str, frozenset[str], datetime], None] | None = None
         for site in config.sites:
             for cam in site.cameras:
                 checks = config.camera_checks(cam)
                 state = CameraState(site, cam, checks, CameraHealth(
                     bad_samples=checks.bad_samples, good_samples=checks.good_samples), worker=0)
                 self.cameras[state.key] = state
+        n_workers = workers or max(1, min(os.cpu_count() or 1, 8))
+        self._pool = WorkerPool(min(n_workers, max(len(self.cameras), 1)), REPORT_EVERY,
+                                metrics, self._message)
+        self._snapshots = config.node.data_dir / "snapshots"
+        self.history = CameraHistory(store, alerts, metrics, config.node.data_dir)
+        self._tasks: asyncio.TaskGroup | None = None
+        # Told of every change of a camera's state or reasons (the live feed):
+        # (site, camera, state, reasons, at). Must not block.
+        self.on_state: Callable[[str, str, str, frozenset[str], datetime], None] | None = None
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -107,132 +124,231 @@ class CameraSupervisor:
         async with self._store.connection() as conn:
             references = await cameras_q.load_references(conn)
         self._snapshots.mkdir(parents=True, exist_ok=True)
-        self._started = time.time()
-        ctx = multiprocessing.get_context("spawn")
-        loop = asyncio.get_running_loop()
-        for index in range(min(self._n_workers, len(self.cameras))):
-            parent, child = ctx.Pipe()
-            process = ctx.Process(target=worker_main, args=(child, REPORT_EVERY),
-                                  name=f"vigie-camera-worker-{index}", daemon=True)
-            process.start()
-            child.close()
-            self._workers.append(_Worker(process, parent))
-            loop.add_reader(parent.fileno(), self._readable, index)
         for i, state in enumerate(self.cameras.values()):
-            state.worker = i % len(self._workers)
-            self._send(state.worker, "add", self._spec(state, references))
+            state.worker = i % len(self._pool)
+            self._export_state(state)
+        for index in range(len(self._pool)):
+            self._pool.spawn(index)
+            self._metrics.camera_worker_up.labels(str(index)).set(1)
+        await asyncio.gather(*(self._give_cameras(index, references)
+                               for index in range(len(self._pool))))
         self._metrics.cameras_watched.set(len(self.cameras))
         log.info("watching %d camera(s) with %d worker process(es)", len(self.cameras),
-                 len(self._workers))
+                 len(self._pool))
 
-    async def stop(self) -> None:
-        loop = asyncio.get_running_loop()
-        for w in self._workers:
-            loop.remove_reader(w.conn.fileno())
-            with contextlib.suppress(OSError):
-                w.conn.send(("stop", None))
-        for w in self._workers:
-            await asyncio.to_thread(w.process.join, 5)
-            if w.process.is_alive():
-                w.process.kill()
-            w.conn.close()
-        self._workers.clear()
-        await self.flush()
+    async def stop(self, budget: float = 10.0) -> None:
+        await self._pool.stop()
+        await self.history.close(budget)
+
+    async def run(self) -> None:
+        """Judge the cameras and write their history until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self.history.run(), name="vigie:camera-history")
+            tasks.create_task(self._judge_forever(), name="vigie:camera-judge")
+
+    async def flush(self, budget: float = 10.0) -> bool:
+        """Write all the history waiting (tests, shutdown); True when all of it was."""
+        return await self.history.flush(budget)
 
     def _spec(self, state: CameraState, references: dict[tuple[str, str], bytes]) -> CameraSpec:
         return CameraSpec(
             key=state.key, url=state.camera.url.reveal(), transport=state.camera.transport,
-            checks=state.checks, snapshot_path=self._snapshots / state.site.id /
-            f"{state.camera.id}.jpg",
+            checks=state.checks, snapshot_path=self._snapshot_path(state),
             reference=references.get((state.site.id, state.camera.id)),
         )
 
-    def _send(self, worker: int, kind: str, arg: Any) -> None:
+    async def _give_cameras(self, index: int,
+                            references: dict[tuple[str, str], bytes]) -> None:
+        states = [s for s in self.cameras.values() if s.worker == index]
+        now = time.time()
+        for s in states:
+            s.watching_since = now
+        await self._pool.send_many(index, [("add", self._spec(s, references)) for s in states])
+
+    async def _restart(self, index: int) -> None:
+        self._pool.restarting(index, True)
         try:
-            self._workers[worker].conn.send((kind, arg))
-        except OSError as exc:
-            log.error("camera worker %d unreachable: %s", worker, exc)
+            states = [s for s in self.cameras.values() if s.worker == index]
+            references = await self._references([(s.site.id, s.camera.id) for s in states])
+            self._pool.spawn(index)
+            await self._give_cameras(index, references)
+            log.warning("camera worker %d restarted with its %d camera(s)", index,
+                        len(states))
+        except Exception as exc:  # cannot fork, out of memory: try again later
+            self._pool.start_failed(index, exc)
+        finally:
+            self._pool.restarting(index, False)
+
+    async def _references(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """The cameras' references, the ones waiting to be written first. Without the
+        database, the cameras learn theirs again (rather than stay unwatched)."""
+        stored: dict[tuple[str, str], bytes] = {}
+        try:
+            async with asyncio.timeout(REFERENCES_TIMEOUT):
+                async with self._store.connection() as conn:
+                    stored = await cameras_q.load_references(conn, keys)
+        except Exception as exc:  # away or slow: the cameras will relearn
+            log.error("references not loaded for a restarting camera worker: %s", exc)
+        for key in keys:
+            waiting, data = self.history.waiting_reference(*key)
+            if waiting:
+                if data is None:
+                    stored.pop(key, None)
+                else:
+                    stored[key] = data
+        return stored
 
     def relearn(self, key: str) -> None:
         """Forget a camera's reference and learn a new one (after a planned change)."""
         state = self.cameras[key]
-        self._send(state.worker, "relearn", key)
-        self._later(self._reference_writer(state.site.id, state.camera.id, None))
+        self._pool.send(state.worker, "relearn", key)
+        self.history.reference(state.site.id, state.camera.id, self._clock(), None)
 
     # from the workers -------------------------------------------------------------------
 
-    def _readable(self, index: int) -> None:
-        conn = self._workers[index].conn
-        try:
-            while conn.poll():
-                message = conn.recv()
-                if message[0] == "samples":
-                    for sample in message[1]:
-                        self._observe(sample)
-                elif message[0] == "reference":
-                    _, key, data = message
-                    state = self.cameras.get(key)
-                    if state is not None:
-                        self._later(self._reference_writer(state.site.id, state.camera.id,
-                                                           data))
-        except (EOFError, OSError):
-            log.error("camera worker %d died; its cameras will show offline", index)
-            asyncio.get_running_loop().remove_reader(conn.fileno())
+    def _message(self, message: Any) -> None:
+        if message[0] == "samples":
+            for sample in message[1]:
+                self._observe(sample)
+        elif message[0] == "reference":
+            _, key, data = message
+            state = self.cameras.get(key)
+            if state is not None:
+                self.history.reference(state.site.id, state.camera.id, self._clock(), data)
 
     def _observe(self, sample: Sample) -> None:
         state = self.cameras.get(sample.key)
         if state is None:
             return
         state.sample = sample
-        self._metrics.camera_fps.labels(state.site.id, state.camera.id).set(sample.fps)
+        gauges = self._gauges(state)
+        gauges["fps"].set(sample.fps)
         if sample.reconnects > state.reconnects_counted:
-            self._metrics.camera_reconnects.labels(state.site.id, state.camera.id).inc(
-                sample.reconnects - state.reconnects_counted)
-            state.reconnects_counted = sample.reconnects
-        if sample.check_seconds is not None:
+            gauges["reconnects"].inc(sample.reconnects - state.reconnects_counted)
+            state.reconnects += sample.reconnects - state.reconnects_counted
+        # A restarted worker counts from zero again.
+        state.reconnects_counted = sample.reconnects
+        if sample.check_seconds is not None and sample.analysed_at != state.analysed_counted:
+            state.analysed_counted = sample.analysed_at  # each analysis observed once
             self._metrics.camera_check_seconds.observe(sample.check_seconds)
 
+    # judging -----------------------------------------------------------------------------
+
+    async def _judge_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + JUDGE_EVERY
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            for index in self._pool.check(time.monotonic()):
+                if self._tasks is not None:
+                    self._tasks.create_task(self._restart(index),
+                                            name=f"vigie:camera-worker-{index}")
+            if loop.time() >= next_tick:
+                # On schedule, not a second after the last tick ended; a late loop skips
+                # what it missed rather than judging twice in a row.
+                next_tick = max(next_tick + JUDGE_EVERY, loop.time() + JUDGE_EVERY / 2)
+                self.tick()
+            else:
+                self.sweep()
+
+    def sweep(self) -> None:
+        """Judge offline at once the cameras whose deadline passed (between two ticks)."""
+        now = time.time()
+        fresh = self._fresh_workers()
+        at: datetime | None = None
+        for state in self.cameras.values():
+            if state.health.state == "offline" or not fresh[state.worker]:
+                continue
+            if self._reasons(state, now) == _OFFLINE:
+                at = at or self._clock()
+                self._judge(state, _OFFLINE, now, at)
+
     def tick(self) -> None:
-        """Judge every camera on the node's clock (called every second)."""
+        """Judge every camera (called every second)."""
         now = time.time()
         at = self._clock()
+        fresh = self._fresh_workers()
+        stale = 0
         for state in self.cameras.values():
+            if not fresh[state.worker]:
+                stale += 1
+                self._unjudged(state, now, at)
+                continue
             seen = self._reasons(state, now)
             if seen is None:
                 continue  # nothing known yet: the camera stays unknown
-            change = state.health.observe(seen, at)
-            self._export(state)
-            if change.activated or change.repeated or change.cleared or change.state_changed:
-                self._on_change(state, change, at)
+            self._judge(state, seen, now, at)
             if state.sample is not None and now - state.last_stored >= SAMPLE_EVERY:
                 state.last_stored = now
-                self._later(self._sample_writer(state, at))
+                s = state.sample
+                self.history.sample((state.site.id, state.camera.id, at, state.health.state,
+                                     sorted(state.health.reasons), s.fps, s.bitrate,
+                                     s.measures))
             self._note_snapshot(state)
+        self._metrics.cameras_stale.set(stale)
+
+    def _fresh_workers(self) -> list[bool]:
+        now = time.monotonic()
+        return [self._pool.fresh(i, now) for i in range(len(self._pool))]
 
     def _reasons(self, state: CameraState, now: float) -> frozenset[str] | None:
-        """What the camera shows now; None while there is nothing to judge it on."""
+        """What the camera shows now; None while there is nothing to judge it on. Only for
+        a camera whose worker reports on time: its sample is then at most a report old."""
         s = state.sample
         offline_after = state.checks.offline_after
-        if s is None or s.last_packet_at is None:
-            # Never a packet: offline once the first connection has had its chance.
-            waited = now - self._started
-            return frozenset({"offline"}) if waited > offline_after + 5 else None
-        stale = now - s.at > offline_after + REPORT_EVERY  # the worker itself is silent
-        if stale or now - s.last_packet_at > offline_after:
-            return frozenset({"offline"})
+        if s is None or s.last_packet_at is None or s.at < state.watching_since:
+            # Never a packet since its worker got it: offline once the first connection had
+            # its chance.
+            waited = now - state.watching_since
+            return _OFFLINE if waited > offline_after + FIRST_CONNECTION_GRACE else None
+        if now - s.last_packet_at > offline_after:
+            return _OFFLINE
         return s.reasons
 
-    def _export(self, state: CameraState) -> None:
-        site, cam = state.site.id, state.camera.id
-        self._metrics.camera_up.labels(site, cam).set(0 if state.health.state == "offline"
-                                                      else 1)
-        for name in ("ok", "degraded", "offline", "unknown"):
-            self._metrics.camera_state.labels(site, cam, name).set(
-                1 if state.health.state == name else 0)
+    def _judge(self, state: CameraState, seen: frozenset[str], now: float, at: datetime
+               ) -> None:
+        previous = state.health.state
+        change = state.health.observe(seen, at)
+        state.judged_at = now
+        if change.state_changed:
+            self._export_state(state)
+        if change.activated or change.repeated or change.cleared or change.state_changed:
+            self._on_change(state, change, previous, at)
+
+    def _unjudged(self, state: CameraState, now: float, at: datetime) -> None:
+        """A camera whose worker is late or restarting: unknown once that lasts."""
+        since = state.judged_at if state.judged_at is not None else state.watching_since
+        if state.health.state == "unknown" or now - since < UNKNOWN_AFTER:
+            return
+        previous = state.health.state
+        change = state.health.suspend(at)
+        self._export_state(state)
+        log.warning("camera %s: unknown, its worker has not reported for %.0f s",
+                    state.key, now - since)
+        self._on_change(state, change, previous, at,
+                        {"error": "camera worker not reporting"})
+
+    def _gauges(self, state: CameraState) -> dict[str, Any]:
+        if not state.gauges:
+            labels = (state.site.id, state.camera.id)
+            m = self._metrics
+            state.gauges = {"up": m.camera_up.labels(*labels),
+                            "fps": m.camera_fps.labels(*labels),
+                            "reconnects": m.camera_reconnects.labels(*labels),
+                            **{name: m.camera_state.labels(*labels, name) for name in _STATES}}
+        return state.gauges
+
+    def _export_state(self, state: CameraState) -> None:
+        gauges = self._gauges(state)
+        gauges["up"].set(0 if state.health.state == "offline" else 1)
+        for name in _STATES:
+            gauges[name].set(1 if state.health.state == name else 0)
 
     # alerts and history ------------------------------------------------------------------
 
-    def _on_change(self, state: CameraState, change: HealthChange, at: datetime) -> None:
+    def _on_change(self, state: CameraState, change: HealthChange, previous: str,
+                   at: datetime, details: dict[str, Any] | None = None) -> None:
         site, cam = state.site.id, state.camera.id
         decisions: list[Decision] = []
         for reason in sorted(change.activated | change.repeated):
@@ -250,13 +366,12 @@ class CameraSupervisor:
                      ",".join(sorted(change.reasons)) or "")
             if self.on_state is not None:
                 self.on_state(site, cam, change.state, change.reasons, at)
-            transition = cameras_q.Transition(site, cam, at, change.state,
-                                              tuple(sorted(change.reasons)), None,
-                                              self._details(state))
-            self._later(self._transition_writer(transition))
+            self.history.transition(cameras_q.Transition(
+                site, cam, at, change.state, tuple(sorted(change.reasons)), previous,
+                details if details is not None else self._details(state)))
         if decisions:
-            snapshot = self._snapshot_file(state)
-            self._later(lambda: self._raise(decisions, state, snapshot))
+            path = self._snapshot_path(state)
+            self.history.decisions(decisions, path if path.exists() else None)
 
     def _severity(self, reason: str) -> str:
         for name, severity in self._config.alerts.camera.items():
@@ -272,140 +387,47 @@ class CameraSupervisor:
                 "codec": s.codec, "reconnects": s.reconnects, "measures": s.measures or {},
                 **({"error": s.error} if s.error else {})}
 
-    async def _raise(self, decisions: list[Decision], state: CameraState,
-                     snapshot: Path | None) -> None:
-        changes = await self._alerts.raise_now(decisions)
-        opened = [c.alert for c in changes if c.action == "opened"]
-        if opened and snapshot is not None:
-            await self._attach(opened, state, snapshot)
-
-    async def _attach(self, alerts: list[alerts_q.Alert], state: CameraState,
-                      snapshot: Path) -> None:
-        """Keep a copy of the camera's latest frame and attach it to the new alerts."""
-        taken, kept, size = await asyncio.to_thread(_keep_copy, snapshot, state.camera.id)
-        relative = str(kept.relative_to(self._config.node.data_dir))
-        async with self._store.transaction() as conn:
-            snapshot_id = await cameras_q.keep_snapshot(
-                conn, state.site.id, state.camera.id, taken, relative, size)
-            ref = {"id": snapshot_id, "camera": state.camera.id, "taken_at": taken.isoformat(),
-                   "url": f"/api/v1/snapshots/{snapshot_id}"}
-            for alert in alerts:
-                await alerts_q.attach_snapshot(conn, alert.id, ref)
-
-    def _snapshot_file(self, state: CameraState) -> Path | None:
-        path = self._snapshots / state.site.id / f"{state.camera.id}.jpg"
-        return path if path.exists() else None
+    def _snapshot_path(self, state: CameraState) -> Path:
+        return self._snapshots / state.site.id / f"{state.camera.id}.jpg"
 
     def _note_snapshot(self, state: CameraState) -> None:
         s = state.sample
         if s is None or s.snapshot_at is None or s.snapshot_at == state.snapshot_recorded:
             return
         state.snapshot_recorded = s.snapshot_at
-        path = self._snapshots / state.site.id / f"{state.camera.id}.jpg"
-        relative = str(path.relative_to(self._config.node.data_dir))
-        row = (state.site.id, state.camera.id, datetime.fromtimestamp(s.snapshot_at, UTC),
-               relative, path.stat().st_size if path.exists() else 0)
-
-        async def write() -> None:
-            async with self._store.connection() as conn:
-                await cameras_q.record_latest_snapshots(conn, [row])
-
-        self._later(write)
-
-    def _transition_writer(self, t: cameras_q.Transition) -> Callable[[], Any]:
-        async def write() -> None:
-            async with self._store.connection() as conn:
-                await cameras_q.insert_transitions(conn, [t])
-        return write
-
-    def _sample_writer(self, state: CameraState, at: datetime) -> Callable[[], Any]:
-        s = state.sample
-        assert s is not None
-        row = (state.site.id, state.camera.id, at, state.health.state,
-               sorted(state.health.reasons), s.fps, s.bitrate, s.measures)
-
-        async def write() -> None:
-            async with self._store.connection() as conn:
-                await cameras_q.insert_samples(conn, [row])
-        return write
-
-    def _reference_writer(self, site: str, camera: str, data: bytes | None
-                          ) -> Callable[[], Any]:
-        return lambda: self._save_reference(site, camera, data)
-
-    async def _save_reference(self, site: str, camera: str, data: bytes | None) -> None:
-        async with self._store.connection() as conn:
-            await cameras_q.save_reference(conn, site, camera, self._clock(), data)
-
-    def _later(self, work: Callable[[], Any]) -> None:
-        """Database work, done in order by `run`, off the judging path."""
+        path = self._snapshot_path(state)
         try:
-            self._pending.put_nowait(work)
-        except asyncio.QueueFull:
-            self._metrics.db_errors.labels("camera_backlog").inc()
-            log.warning("camera history backlog full: dropping one write")
-
-    async def flush(self) -> None:
-        while not self._pending.empty():
-            await self._do(self._pending.get_nowait())
-
-    async def _do(self, work: Callable[[], Any]) -> None:
-        delay = 0.2
-        for _ in range(5):
-            try:
-                await work()
-                return
-            except Exception as exc:
-                log.warning("camera history write failed, retrying: %s", exc)
-                await asyncio.sleep(delay)
-                delay *= 2
-        log.error("camera history write given up after retries")
-
-    async def run(self) -> None:
-        """Judge every second; write history in the background, in order."""
-        async def judge() -> None:
-            while True:
-                await asyncio.sleep(REPORT_EVERY)
-                self.tick()
-
-        judge_task = asyncio.create_task(judge(), name="vigie:camera-judge")
-        try:
-            while True:
-                await self._do(await self._pending.get())
-        finally:
-            judge_task.cancel()
-            await asyncio.gather(judge_task, return_exceptions=True)
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        self.history.snapshot((state.site.id, state.camera.id,
+                               datetime.fromtimestamp(s.snapshot_at, UTC),
+                               str(path.relative_to(self._config.node.data_dir)), size))
 
     # for the API --------------------------------------------------------------------------
 
     def view(self, state: CameraState) -> dict[str, Any]:
-        from vigie.secrets import redact_url
-
         s = state.sample
         h = state.health
 
         def iso(t: float | None) -> str | None:
             return datetime.fromtimestamp(t, UTC).isoformat() if t else None
 
+        stale = s is not None and not self._pool.fresh(state.worker, time.monotonic())
         return {
             "id": state.camera.id, "site": state.site.id, "name": state.camera.name,
             "zone": state.camera.zone, "url": redact_url(state.camera.url.reveal()),
-            "state": h.state, "reasons": sorted(h.reasons),
+            "state": h.state, "reasons": [] if h.state == "unknown" else sorted(h.reasons),
             "since": h.since.isoformat() if h.since else None,
             "last_frame_at": iso(s.last_packet_at) if s else None,
             "last_analysed_at": iso(s.analysed_at) if s else None,
             "fps": s.fps if s else None, "width": s.width if s else None,
             "height": s.height if s else None, "codec": s.codec if s else None,
-            "bitrate": s.bitrate if s else None, "reconnects": s.reconnects if s else 0,
-            "error": s.error if s else None,
+            "bitrate": s.bitrate if s else None, "reconnects": state.reconnects,
+            "error": "camera worker not reporting" if stale else (s.error if s else None),
+            # Its worker is late or restarting: state and figures are the last known ones.
+            "stale": stale, "last_report_at": iso(s.at) if s else None,
         }
 
 
-
-def _keep_copy(snapshot: Path, camera: str) -> tuple[datetime, Path, int]:
-    """Copy the latest frame beside it, named by its time; (taken_at, copy, size)."""
-    taken = datetime.fromtimestamp(snapshot.stat().st_mtime, UTC)
-    kept = snapshot.parent / camera / f"{taken:%Y%m%dT%H%M%S.%f}.jpg"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(snapshot, kept)
-    return taken, kept, kept.stat().st_size
+_OFFLINE = frozenset({"offline"})

@@ -52,12 +52,20 @@ async def insert_transitions(conn: Any, items: Sequence[Transition]) -> None:
 
 
 async def insert_samples(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
-    """(site, camera, at, state, reasons, fps, bitrate, measures) rows."""
+    """(site, camera, at, state, reasons, fps, bitrate, measures) rows, in one statement."""
     if not rows:
         return
-    await conn.executemany(
+    site, camera, at, state, reasons, fps, bitrate, measures = zip(*rows, strict=True)
+    await conn.execute(
         """INSERT INTO camera_samples (site, camera, at, state, reasons, fps, bitrate, measures)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""", rows)
+           SELECT site, camera, at, state, string_to_array(reasons, ','), fps, bitrate,
+                  measures
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                       $6::real[], $7::real[], $8::jsonb[])
+                AS s(site, camera, at, state, reasons, fps, bitrate, measures)
+           ON CONFLICT DO NOTHING""",
+        list(site), list(camera), list(at), list(state),
+        [",".join(r) for r in reasons], list(fps), list(bitrate), list(measures))
 
 
 async def transitions(conn: Any, site: str, camera: str, since: datetime, until: datetime,
@@ -93,8 +101,17 @@ async def availability(conn: Any, site: str, camera: str, since: datetime, until
     return float(row["up"] or 0) / float(row["known"])
 
 
-async def load_references(conn: Any) -> dict[tuple[str, str], bytes]:
-    rows = await conn.fetch("SELECT site, camera, data FROM camera_references")
+async def load_references(conn: Any, cameras: Sequence[tuple[str, str]] | None = None
+                          ) -> dict[tuple[str, str], bytes]:
+    """Every stored reference, or those of `cameras` ((site, camera) pairs) only."""
+    if cameras is None:
+        rows = await conn.fetch("SELECT site, camera, data FROM camera_references")
+    else:
+        rows = await conn.fetch(
+            """SELECT r.site, r.camera, r.data FROM camera_references r
+               JOIN unnest($1::text[], $2::text[]) AS c(site, camera)
+                 ON r.site = c.site AND r.camera = c.camera""",
+            [site for site, _ in cameras], [camera for _, camera in cameras])
     return {(r["site"], r["camera"]): bytes(r["data"]) for r in rows}
 
 
@@ -113,14 +130,20 @@ async def save_reference(conn: Any, site: str, camera: str, at: datetime,
 
 async def record_latest_snapshots(conn: Any, rows: Sequence[tuple[str, str, datetime, str, int]]
                                   ) -> None:
-    """(site, camera, taken_at, path, bytes) of each camera's newest frame on disk."""
+    """(site, camera, taken_at, path, bytes) of each camera's newest frame on disk (one row
+    per camera), in one statement."""
     if not rows:
         return
-    await conn.executemany(
+    site, camera, taken, path, size = zip(*rows, strict=True)
+    await conn.execute(
         """INSERT INTO snapshots (site, camera, kind, taken_at, path, bytes)
-           VALUES ($1, $2, 'latest', $3, $4, $5)
+           SELECT site, camera, 'latest', taken_at, path, bytes
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::int[])
+                AS s(site, camera, taken_at, path, bytes)
            ON CONFLICT (site, camera) WHERE kind = 'latest'
-           DO UPDATE SET taken_at = $3, path = $4, bytes = $5""", rows)
+           DO UPDATE SET taken_at = excluded.taken_at, path = excluded.path,
+                         bytes = excluded.bytes""",
+        list(site), list(camera), list(taken), list(path), list(size))
 
 
 async def keep_snapshot(conn: Any, site: str, camera: str, at: datetime, path: str,
