@@ -129,7 +129,6 @@ class CameraSupervisor:
             self._export_state(state)
         for index in range(len(self._pool)):
             self._pool.spawn(index)
-            self._metrics.camera_worker_up.labels(str(index)).set(1)
         await asyncio.gather(*(self._give_cameras(index, references)
                                for index in range(len(self._pool))))
         self._metrics.cameras_watched.set(len(self.cameras))
@@ -198,6 +197,10 @@ class CameraSupervisor:
                 else:
                     stored[key] = data
         return stored
+
+    def worker_pids(self) -> list[int | None]:
+        """The process id of each camera worker, None while one is down."""
+        return [self._pool.pid(i) for i in range(len(self._pool))]
 
     def relearn(self, key: str) -> None:
         """Forget a camera's reference and learn a new one (after a planned change)."""

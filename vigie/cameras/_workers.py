@@ -83,6 +83,7 @@ class WorkerPool:
         w.process, w.conn = process, parent
         w.started, w.last_report, w.late, w.kill_reason = time.monotonic(), None, False, None
         w.restart_at = None
+        self._metrics.camera_worker_up.labels(str(index)).set(0)  # up at its first report
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, index)
 
     def send(self, index: int, kind: str, arg: Any) -> bool:
@@ -126,6 +127,7 @@ class WorkerPool:
         conn = w.conn
         if conn is None:
             return
+        first = w.last_report is None
         try:
             while conn.poll():
                 message = conn.recv()
@@ -134,9 +136,10 @@ class WorkerPool:
         except (EOFError, OSError):
             self._died(w)
             return
-        if w.late:
+        if w.late or (first and w.last_report is not None):
+            if w.late:
+                log.warning("camera worker %d reports again", index)
             w.late = False
-            log.warning("camera worker %d reports again", index)
             self._metrics.camera_worker_up.labels(str(index)).set(1)
 
     def _died(self, w: _Process) -> None:
@@ -154,9 +157,11 @@ class WorkerPool:
         w.restart_at = time.monotonic() + delay
         self._metrics.camera_worker_up.labels(str(w.index)).set(0)
         self._metrics.camera_worker_restarts.labels(reason).inc()
-        log.error("camera worker %d %s (exit code %s) after %.0f s; restarting it%s",
-                  w.index, "was killed, hung" if w.kill_reason else "died",
-                  w.process.exitcode, lived, f" in {delay:.0f} s" if delay else "")
+        code = w.process.exitcode
+        log.error("camera worker %d %s after %.0f s%s; restarting it%s", w.index,
+                  "was killed, hung" if w.kill_reason else "died", lived,
+                  "" if code is None else f" (exit code {code})",
+                  f" in {delay:.0f} s" if delay else "")
 
     def check(self, now: float) -> list[int]:
         """Flag late workers, kill hung ones, reap the dead; the workers due for a restart."""
