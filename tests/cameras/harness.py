@@ -230,7 +230,9 @@ class RtspServer:
 
     def fault(self, name: str, kind: str, arg: Any = None) -> dict[str, Any]:
         """Inject a fault: stop, start, freeze, black, dark, bright, blur [sigma],
-        cover [fraction], shift [[dx, dy]], fps N, stall, normal (clears them all)."""
+        cover [fraction], shift [[dx, dy]], fps N, stall, exposure [[gain, seconds]] (a
+        slow drift of the light), pass [[width, seconds]] (an object crossing the view),
+        normal (clears them all)."""
         return self.command("fault", name=name, kind=kind, arg=arg)
 
     def remove(self, name: str) -> None:

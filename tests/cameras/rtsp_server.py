@@ -21,7 +21,7 @@ Commands (`{"cmd": ...}`):
     quit                           exit (so do SIGTERM, SIGINT and EOF on stdin)
 
 Faults (`{"cmd": "fault", "name": N, "kind": K, "arg": A}`); picture faults need a live mount and
-add up (black, dark and bright are one exposure setting: the last one wins):
+add up (black, dark and bright are one light setting: the last one wins):
 
     stop            unmount (new clients get 404) and close the connections of its clients
     start           mount again
@@ -32,6 +32,13 @@ add up (black, dark and bright are one exposure setting: the last one wins):
     shift [[dx, dy], default [128, 72]]        the scene moves right/down (camera turned)
     fps N           frames dropped down to N per second (same caps, same encoder)
     stall           connection open, no RTP at all (no packet for `offline_after`)
+    exposure [[gain, seconds], default [0.5, 10]]
+                    the light drifts smoothly, from where it is, to `gain` times the normal
+                    light over `seconds` (daylight, a cloud, dusk); `[1, S]` back to normal.
+                    No fault for a camera: what its checks must tolerate
+    pass [[width, seconds], default [0.3, 2]]
+                    an object (a flat dark shape `width` of the view wide, nearly as tall as
+                    it) crosses the view from left to right in `seconds`, then is gone
     normal          every fault removed (and the mount started again)
 
 `add_*` are idempotent: re-adding a live camera clears its faults and restarts it (its clients
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import resource
@@ -58,6 +66,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -81,7 +90,11 @@ DEFAULT_COVER_FRACTION = 0.85
 DEFAULT_SHIFT = (128, 72)
 # (brightness, contrast) of videobalance; Y' = (Y - 16) * contrast + 16 + brightness * 255.
 EXPOSURES = {"dark": (-0.02, 0.12), "bright": (0.62, 0.35)}
-PICTURE_FAULTS = ("freeze", "black", "dark", "bright", "blur", "cover", "shift", "fps", "stall")
+PICTURE_FAULTS = ("freeze", "black", "dark", "bright", "blur", "cover", "shift", "fps", "stall",
+                  "exposure", "pass")
+DEFAULT_EXPOSURE = (0.5, 10.0)  # (gain, seconds)
+DEFAULT_PASS = (0.3, 2.0)  # (width as a share of the view, seconds)
+ANIMATE_EVERY_MS = 50  # drifts and passing objects are moved this often, on the main loop
 FAULTS = ("stop", "start", "normal", *PICTURE_FAULTS)
 MOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -108,13 +121,16 @@ def live_pipeline() -> str:
     scene: SMPTE bars under fine concentric rings (texture and sharp edges everywhere, no
     periodicity, so blur, cover and shift are measurable), a small ball moving and faint
     per-frame noise (so consecutive pictures always differ a little, like a real sensor).
-    Each fault is an element whose properties change while playing:
+    Each fault is an element whose properties change while playing (exposure and pass from
+    a timer of the main loop, every ANIMATE_EVERY_MS):
       shift  videobox      (scene displaced: the camera turned)
       blur   gaussianblur  (defocus)
       freeze valve         (drops the scene; the compositor below repeats its last picture)
       cover  a flat grey layer of the camera compositor, over the right part of the view
       black  the scene layer made transparent over the black background (Y = 16)
       dark/bright          videobalance (brightness, contrast)
+      exposure             videobalance too: its contrast times the drifting gain
+      pass   a flat dark layer of the camera compositor, its position moving
       fps    a pad probe that drops frames (no caps change, the encoder never renegotiates)
       stall  valve after the encoder (connection open, no packets)
     """
@@ -134,6 +150,7 @@ def live_pipeline() -> str:
         # frozen (the compositor repeats a pad's last buffer); the cover layer sits on top.
         "compositor name=camera background=black",
         "  sink_0::zorder=0 sink_1::zorder=1 sink_2::zorder=2 sink_2::alpha=0",
+        "  sink_3::zorder=3 sink_3::alpha=0",
         f"! {AYUV} ! videobalance name=exposure ! identity name=rate",
         "! videoconvert ! video/x-raw,format=I420",
         # A constant quantizer, not a bitrate: an unchanged picture then encodes to exactly the
@@ -146,6 +163,10 @@ def live_pipeline() -> str:
         "videotestsrc name=cover is-live=true pattern=solid-color foreground-color=0xff505050",
         f"  ! video/x-raw,format=AYUV,width={WIDTH},height={HEIGHT},framerate={FPS}/1",
         "  ! camera.sink_2",
+        # Someone walking past, close to the lens: under the same light as the scene.
+        "videotestsrc is-live=true pattern=solid-color foreground-color=0xff483c30",
+        f"  ! video/x-raw,format=AYUV,width={WIDTH},height={HEIGHT},framerate={FPS}/1",
+        "  ! camera.sink_3",
     ])
 
 
@@ -221,6 +242,10 @@ class LiveMount(Mount):
         self.codec = "h264"
         self.faults: dict[str, Any] = {}
         self.factory.set_launch(f"( {live_pipeline()} )")
+        self.gain = 1.0  # the light now, as a share of the normal light
+        self._drift: tuple[float, float, float, float] | None = None  # from, to, t0, seconds
+        self._passing: tuple[float, float, float] | None = None  # width, t0, seconds
+        self._timer: int | None = None
 
     def configure(self, media: GstRtspServer.RTSPMedia) -> None:
         bin_ = media.get_element()
@@ -248,10 +273,8 @@ class LiveMount(Mount):
 
     def _apply(self, bin_: Gst.Bin) -> None:
         f = self.faults
-        brightness, contrast = EXPOSURES.get(f.get("exposure", ""), (0.0, 1.0))
-        exposure = bin_.get_by_name("exposure")
-        exposure.set_property("brightness", brightness)
-        exposure.set_property("contrast", contrast)
+        self._apply_light(bin_)
+        self._apply_passing(bin_)
         bin_.get_by_name("blur").set_property("sigma", float(f.get("blur", 0.0)))
         dx, dy = f.get("shift", (0, 0))
         shift = bin_.get_by_name("shift")
@@ -264,7 +287,7 @@ class LiveMount(Mount):
         bin_.get_by_name("stall").set_property("drop", bool(f.get("stall")))
         camera = bin_.get_by_name("camera")
         # Black is the compositor's black background (Y = 16), not a crushed picture.
-        scene_alpha = 0.0 if f.get("exposure") == "black" else 1.0
+        scene_alpha = 0.0 if f.get("light") == "black" else 1.0
         camera.get_static_pad("sink_1").set_property("alpha", scene_alpha)
         pad = camera.get_static_pad("sink_2")
         fraction = float(f.get("cover", 0.0))
@@ -273,11 +296,77 @@ class LiveMount(Mount):
         pad.set_property("xpos", WIDTH - covered)
         pad.set_property("width", max(covered, 1))
 
+    def _apply_light(self, bin_: Gst.Bin) -> None:
+        brightness, contrast = EXPOSURES.get(self.faults.get("light", ""), (0.0, 1.0))
+        exposure = bin_.get_by_name("exposure")
+        # Y' = (Y - 16) * contrast + 16 + brightness * 255: the gain scales the light above
+        # black, as a sensor's exposure does.
+        exposure.set_property("brightness", brightness * self.gain)
+        exposure.set_property("contrast", contrast * self.gain)
+
+    def _apply_passing(self, bin_: Gst.Bin) -> None:
+        pad = bin_.get_by_name("camera").get_static_pad("sink_3")
+        if self._passing is None:
+            pad.set_property("alpha", 0.0)
+            return
+        share, started, seconds = self._passing
+        width = max(1, round(WIDTH * share))
+        progress = min(1.0, (time.monotonic() - started) / seconds)
+        pad.set_property("alpha", 1.0)
+        pad.set_property("width", width)
+        pad.set_property("height", HEIGHT - 30)
+        pad.set_property("ypos", 15)
+        pad.set_property("xpos", round(-width + progress * (WIDTH + width)))
+
+    def _animate(self) -> bool:
+        """One step of the light's drift and of the passing object; False when both are
+        done (the timer stops)."""
+        now = time.monotonic()
+        if self._drift is not None:
+            start, end, t0, seconds = self._drift
+            progress = 1.0 if seconds <= 0 else min(1.0, (now - t0) / seconds)
+            # Eased at both ends, as daylight changes: no step a frame-to-frame check sees.
+            self.gain = start + (end - start) * (1 - math.cos(math.pi * progress)) / 2
+            if progress >= 1.0:
+                self._drift = None
+                if end == 1.0:
+                    self.faults.pop("exposure", None)  # back to the normal light
+        if self._passing is not None and now - self._passing[1] > self._passing[2]:
+            self._passing = None
+            self.faults.pop("pass", None)
+        for media in self.live_medias():
+            bin_ = media.get_element()
+            self._apply_light(bin_)
+            self._apply_passing(bin_)
+        if self._drift is None and self._passing is None:
+            self._timer = None
+            return False
+        return True
+
+    def _set_change(self, kind: str, arg: Any) -> None:
+        """A change that takes time: the light drifting, an object passing."""
+        if kind == "exposure":
+            gain, seconds = pair(arg, DEFAULT_EXPOSURE, (0.05, 2.0), (0.0, 3600.0))
+            self._drift = (self.gain, gain, time.monotonic(), seconds)
+            self.faults["exposure"] = {"gain": gain, "seconds": seconds}
+        else:
+            share, seconds = pair(arg, DEFAULT_PASS, (0.01, 1.0), (0.1, 60.0))
+            self._passing = (share, time.monotonic(), seconds)
+            self.faults["pass"] = {"width": share, "seconds": seconds}
+        self._start_animation()
+
+    def _start_animation(self) -> None:
+        if self._timer is None:
+            self._timer = GLib.timeout_add(ANIMATE_EVERY_MS, self._animate)
+
     def set_fault(self, kind: str, arg: Any) -> None:
         if kind == "normal":
             self.faults.clear()
+            self.gain, self._drift, self._passing = 1.0, None, None
         elif kind in EXPOSURES or kind == "black":
-            self.faults["exposure"] = kind
+            self.faults["light"] = kind
+        elif kind in ("exposure", "pass"):
+            self._set_change(kind, arg)
         elif kind == "blur":
             self.faults["blur"] = number(arg, DEFAULT_BLUR_SIGMA, 0.1, 20.0)
         elif kind == "cover":
@@ -298,7 +387,8 @@ class LiveMount(Mount):
             self._apply(media.get_element())
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"codec": self.codec, "faults": dict(self.faults)}
+        return super().describe() | {"codec": self.codec, "faults": dict(self.faults),
+                                     "gain": round(self.gain, 3)}
 
 
 def check_name(name: Any) -> None:
@@ -316,6 +406,17 @@ def number(arg: Any, default: float | None, low: float, high: float) -> float:
     if not low <= value <= high:
         raise CommandError(f"{value} is out of range [{low}, {high}]")
     return value
+
+
+def pair(arg: Any, default: tuple[float, float], first: tuple[float, float],
+         second: tuple[float, float]) -> tuple[float, float]:
+    """`[a, b]`, or `a` alone (b by default), each within its range."""
+    if arg is None:
+        return default
+    values = arg if isinstance(arg, list) else [arg, default[1]]
+    if len(values) != 2:
+        raise CommandError(f"expected [value, seconds], got {arg!r}")
+    return (number(values[0], None, *first), number(values[1], None, *second))
 
 
 def shift_arg(arg: Any) -> tuple[int, int]:

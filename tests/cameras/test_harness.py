@@ -155,11 +155,63 @@ def test_fault_changes_a_connected_clients_picture_and_normal_restores_it(
         until(samples, base, looks_normal, f"normal after {kind}")
 
 
+def frames_for(samples: Iterator[Sample], seconds: float) -> list[Sample]:
+    until_ = time.monotonic() + seconds
+    frames = []
+    for sample in samples:
+        frames.append(sample)
+        if sample.arrived > until_:
+            break
+    return frames
+
+
+def test_exposure_drifts_the_light_smoothly_to_its_gain_and_back(rtsp_server: RtspServer
+                                                                 ) -> None:
+    name = "exposure"
+    with receive(rtsp_server.add_live(name)) as samples:
+        base = baseline(samples)
+        rtsp_server.fault(name, "exposure", [0.4, 2])
+        means = [float(s.y.mean()) for s in frames_for(samples, 3.0)]
+        target = 16 + (base.mean - 16) * 0.4  # the light above black, times the gain
+        assert abs(means[-1] - target) < 6, (base.mean, means)
+        # A drift, not a step: many frames on the way, none much darker than the previous.
+        assert sum(target + 6 < m < base.mean - 6 for m in means) >= 8, means
+        assert max(abs(b - a) for a, b in itertools.pairwise(means)) < (base.mean - target) / 4
+        assert take(samples, 1)[0].y.std() > 15  # dimmer, the scene still there
+        assert rtsp_server.status()["mounts"][name]["faults"] == {
+            "exposure": {"gain": 0.4, "seconds": 2.0}}
+        rtsp_server.fault(name, "exposure", [1, 1])  # back to the normal light
+        means = [float(s.y.mean()) for s in frames_for(samples, 2.0)]
+        assert abs(means[-1] - base.mean) < 6, (base.mean, means)
+        assert rtsp_server.status()["mounts"][name]["faults"] == {}
+
+
+def flat_columns(y: np.ndarray, max_std: float = 3.0) -> np.ndarray:
+    """Indexes of the columns that are flat from near the top to near the bottom."""
+    return np.flatnonzero(y[20:-20].std(axis=0) < max_std)
+
+
+def test_an_object_passes_across_the_view_and_is_gone(rtsp_server: RtspServer) -> None:
+    name = "passer-by"
+    with receive(rtsp_server.add_live(name)) as samples:
+        base = baseline(samples)
+        assert flat_columns(base.y).size == 0
+        rtsp_server.fault(name, "pass", [0.3, 2])
+        centres = [float(cols.mean()) for s in frames_for(samples, 3.0)
+                   if (cols := flat_columns(s.y)).size > 20]
+        width = base.y.shape[1]
+        assert len(centres) >= 10, centres  # two seconds at 10 fps, entering and leaving
+        assert centres[0] < 0.35 * width and centres[-1] > 0.65 * width, centres
+        assert all(b >= a - 4 for a, b in itertools.pairwise(centres)), centres  # rightwards
+        assert flat_columns(take(samples, 2)[-1].y).size == 0  # gone
+        assert rtsp_server.status()["mounts"][name]["faults"] == {}
+
+
 def test_new_clients_get_the_faults_already_set(rtsp_server: RtspServer) -> None:
     url = rtsp_server.add_live("late")
     rtsp_server.fault("late", "cover")
-    reply = rtsp_server.fault("late", "dark")  # faults add up; exposure is one of them
-    assert reply["mount"]["faults"] == {"cover": 0.85, "exposure": "dark"}
+    reply = rtsp_server.fault("late", "dark")  # faults add up; the light is one of them
+    assert reply["mount"]["faults"] == {"cover": 0.85, "light": "dark"}
     with receive(url) as samples:
         first = take(samples, 2)[-1]
         assert uniform_fraction(first.y) > 0.8
@@ -300,7 +352,9 @@ def test_bad_commands_are_refused_and_the_server_carries_on(
     rtsp_server.add_clip("picky-clip", h264_clip)
     for name, kind, arg in [("picky", "melt", None), ("picky", "fps", None),
                             ("picky", "cover", "lots"), ("picky", "shift", [9999, 0]),
-                            ("nobody", "stop", None), ("picky-clip", "blur", None)]:
+                            ("nobody", "stop", None), ("picky-clip", "blur", None),
+                            ("picky", "exposure", [9, 1]), ("picky", "exposure", [0.5, 1, 2]),
+                            ("picky", "pass", [0.3, "soon"])]:
         with pytest.raises(RtspServerError):
             rtsp_server.fault(name, kind, arg)
     with pytest.raises(RtspServerError, match="bad mount name"):

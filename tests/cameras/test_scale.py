@@ -8,15 +8,10 @@ tests/bench/cameras.py; these tests hold the behaviour at a smaller scale, in th
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.cameras.harness import RtspServer
 from tests.conftest import eventually, free_port, make_config
@@ -135,85 +130,47 @@ async def test_fifty_cameras_reach_ok_and_stay_ok(fresh_dsn: str, rtsp_server: R
 
 # -- (b) a live scene that changes without any fault --------------------------------------------
 
-# A camera whose light changes slowly and in front of which someone walks, as a pre-encoded
-# clip: the harness's live faults change the light in one step (`dark`, `bright`), and a
-# drift would need a harness command to set the exposure to any value (see DRIFT below).
-# The clip's time starts with each connection: after `LIGHT_FROM` seconds of steady picture
-# (the reference is learned from those), the light falls to 45 % and comes back over
-# `LIGHT_PERIOD` seconds; halfway back, an object a third of the view wide crosses it in 2 s.
-LIGHT_FROM, LIGHT_PERIOD = 6, 18
-PASSING_AT = LIGHT_FROM + 12
-DRIFT_SECONDS = LIGHT_FROM + LIGHT_PERIOD + 2
-_GAIN = (f"if(between(t,{LIGHT_FROM},{LIGHT_FROM + LIGHT_PERIOD}),"
-         f"0.725+0.275*cos(2*PI*(t-{LIGHT_FROM})/{LIGHT_PERIOD}),1)")
-DRIFT_FILTER = (
-    # eq scales around mid-grey: contrast g with brightness (g-1)/2 scales luma by g.
-    f"[0:v]eq=contrast='{_GAIN}':brightness='({_GAIN}-1)*0.5':eval=frame[lit];"
-    f"[lit][1:v]overlay=x='-200+(t-{PASSING_AT})*420':y=15"
-    f":enable='between(t,{PASSING_AT},{PASSING_AT + 2})':shortest=1"
-)
-
-
-@pytest.fixture(scope="module")
-def drift_clip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        pytest.fail("ffmpeg is needed to make the clip: apt-get install ffmpeg", pytrace=False)
-    path = tmp_path_factory.mktemp("drift") / "drift.mp4"
-    # The test clip's scene and encoding (tests/cameras/clips.py), but two keyframes a second
-    # so that a short learning gets its ten frames in five seconds.
-    subprocess.run(
-        [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=10,noise=alls=12:allf=t",
-         "-f", "lavfi", "-i", "color=c=0x705a48:s=200x330:r=10",
-         "-filter_complex", DRIFT_FILTER, "-t", str(DRIFT_SECONDS + 10),
-         "-g", "5", "-keyint_min", "5", "-sc_threshold", "0", "-c:v", "libx264",
-         "-preset", "ultrafast", "-b:v", "800k", "-maxrate", "800k", "-bufsize", "800k",
-         "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", str(path)],
-        check=True, capture_output=True, timeout=120)
-    yield path
+# Dusk falls on a live camera (its light drifts down to 45 % in DRIFT seconds, eased like
+# daylight), someone walks past close to the lens halfway (a third of the view, PASS seconds),
+# and the light comes back: a camera that sees all this is fine, and must say nothing. The
+# harness drives the drift from the moment the reference is learned, so the test does not
+# depend on how long learning took.
+DRIFT, PASS, DUSK = 10.0, 2.0, 0.45
 
 
 async def test_light_drift_and_passers_by_raise_nothing(
-    fresh_dsn: str, rtsp_server: RtspServer, drift_clip: Path
+    fresh_dsn: str, rtsp_server: RtspServer
 ) -> None:
-    urls = {"cam-drift": rtsp_server.add_clip("scale-drift", drift_clip),
-            # The harness's live scene: a ball moves over it all the time.
-            "cam-live": rtsp_server.add_live("scale-live")}
-    checks = {"analyse_every": "0.4s", "learn_for": "3s"}
+    mount = "scale-daylight"
+    urls = {"cam-daylight": rtsp_server.add_live(mount)}
+    # Every keyframe (one a second) analysed; a reference learned from the first ten.
+    checks = {"analyse_every": "0.5s", "learn_for": "3s"}
     config = make_config(fresh_dsn, NO_BROKER, sites=[_site(urls, checks)],
                          node={"camera_workers": 1})
     try:
         async with running_node(config, with_mqtt=False) as node:
             assert node.cameras is not None
-            started = time.monotonic()
             await eventually(lambda: _all_seeing(node.cameras, set(urls)), timeout=10)
-            # The drift camera learns from its first ten keyframes (two a second), before its
-            # light changes; the live one from ten at one a second, before it is covered.
-            await eventually(lambda: _references(node, 1), timeout=LIGHT_FROM + 4)
-            watching = asyncio.create_task(_watch(node.cameras, DRIFT_SECONDS + 1
-                                                  - (time.monotonic() - started)))
-            await eventually(lambda: _references(node, 2), timeout=12)
-            # Someone walks close past the live camera: a flat grey third of the view, 1.5 s.
-            rtsp_server.fault("scale-live", "cover", 0.33)
-            await asyncio.sleep(1.5)
-            rtsp_server.fault("scale-live", "normal")
+            await eventually(lambda: _references(node, 1), timeout=20)
+            watching = asyncio.create_task(_watch(node.cameras, 2 * DRIFT + 4))
+            rtsp_server.fault(mount, "exposure", [DUSK, DRIFT])
+            await asyncio.sleep(DRIFT / 2)
+            rtsp_server.fault(mount, "pass", [0.33, PASS])
+            await asyncio.sleep(DRIFT / 2 + 1)
+            rtsp_server.fault(mount, "exposure", [1.0, DRIFT])
             seen = await watching
             await node.cameras.flush()
             alerts = await _alerts(node)
     finally:
-        for mount in ("scale-drift", "scale-live"):
-            rtsp_server.remove(mount)
+        rtsp_server.remove(mount)
     assert not _not_ok(seen)
     assert alerts == []
     # The picture did change as intended, and was compared with the learned reference.
-    drift = [v["measures"] for v in seen["cam-drift"] if v["measures"]]
-    lumas = [m["luma_mean"] for m in drift]
-    assert max(lumas) > 110 and min(lumas) < 60, (min(lumas), max(lumas))
-    similarity = [m["similarity"] for m in drift if "similarity" in m]
-    assert min(similarity) < 0.8, "the passing object was never analysed"
-    live = [v["measures"] for v in seen["cam-live"] if v["measures"]]
-    assert min(m.get("similarity", 1.0) for m in live) < 0.95, "no cover seen"
+    measures = [v["measures"] for v in seen["cam-daylight"] if v["measures"]]
+    lumas = [m["luma_mean"] for m in measures]
+    assert max(lumas) > 1.6 * min(lumas), (min(lumas), max(lumas))
+    similarity = [m["similarity"] for m in measures if "similarity" in m]
+    assert min(similarity) < 0.9, "the passer-by was never analysed"
 
 
 # -- (c) unreachable cameras do not starve the reachable ones -----------------------------------
