@@ -55,3 +55,45 @@ def test_several_reasons_are_independent() -> None:
     assert changes[0].activated == {"too_dark", "blurred"}
     assert changes[1].cleared == {"too_dark"} and changes[1].state == "degraded"
     assert changes[2].cleared == {"blurred"} and changes[2].state == "ok"
+
+
+def test_an_alert_carried_over_a_restart_resolves_once_the_fault_is_gone() -> None:
+    h = CameraHealth(bad_samples=2, good_samples=3)
+    h.carry(frozenset({"offline", "covered"}))
+    changes = feed(h, set(), set(), set())
+    # The camera is shown as it is, ok, not offline until proven otherwise...
+    assert [c.state for c in changes] == ["ok"] * 3
+    # ...and its old alerts resolve after good_samples, like any other fault that went away.
+    assert [c.cleared for c in changes] == [set(), set(), {"offline", "covered"}]
+    assert not any(c.activated or c.repeated for c in changes)
+    assert h.carried == set()
+
+
+def test_a_fault_still_there_after_a_restart_is_taken_on_without_a_new_alert() -> None:
+    h = CameraHealth(bad_samples=2, good_samples=2)
+    h.carry(frozenset({"covered"}))
+    changes = feed(h, {"covered"}, {"covered"}, {"covered"}, set(), set())
+    assert [c.state for c in changes] == ["ok", "degraded", "degraded", "degraded", "ok"]
+    assert not any(c.activated or c.repeated for c in changes)
+    assert changes[4].cleared == {"covered"}
+
+
+def test_an_offline_camera_resolves_the_picture_alerts_carried_over() -> None:
+    h = CameraHealth(bad_samples=2, good_samples=2)
+    h.carry(frozenset({"offline", "blurred"}))
+    [change] = feed(h, {"offline"})
+    assert (change.state, change.activated, change.cleared) == ("offline", set(), {"blurred"})
+    assert h.carried == set()
+
+
+def test_a_suspended_camera_is_unknown_and_keeps_its_faults_for_later() -> None:
+    h = CameraHealth(bad_samples=1, good_samples=2)
+    feed(h, {"frozen"})
+    change = h.suspend(T0 + timedelta(minutes=1))
+    assert (change.state, change.reasons, change.state_changed) == ("unknown", set(), True)
+    assert h.suspend(T0 + timedelta(minutes=2)).state_changed is False
+    # Judged again: the fault that is still there is no new occurrence; gone, it resolves.
+    changes = feed(h, {"frozen"}, set(), set())
+    assert [c.state for c in changes] == ["degraded", "degraded", "ok"]
+    assert not any(c.activated or c.repeated for c in changes)
+    assert changes[2].cleared == {"frozen"}

@@ -232,3 +232,61 @@ async def test_a_stopped_camera_is_offline_within_offline_after_plus_one_second(
                ), offline_after
     assert {c: v["state"] for c, v in _views(node).items() if c not in stopped} == {
         "cam-2": "ok", "cam-3": "ok"}
+
+
+async def test_camera_alerts_left_open_by_a_previous_run_resolve_when_the_camera_is_fine(
+    fresh_dsn: str, rtsp_server: RtspServer, h264_clip: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from vigie.alerts import AlertService, Raise
+    from vigie.metrics import Metrics
+    from vigie.store import Store
+    from vigie.store._alerts import AlertOccurrence
+
+    mount = "supervision-carry"
+    cameras = {"cam-fine": rtsp_server.add_clip(mount, h264_clip),
+               "cam-dead": "rtsp://127.0.0.1:9/nothing"}  # discard port: refused at once
+    site = {"id": SITE, "name": "Collège des tests", "uai": "0789997X", "cameras": [
+        {"id": cam, "name": cam, "zone": "cour", "url": url, "checks": CHECKS}
+        for cam, url in cameras.items()]}
+    # The previous run of the node: both cameras offline, alerts open, then it stopped.
+    store = await Store.open(fresh_dsn, size=1)
+    try:
+        await store.migrate()
+        before = AlertService(store, Metrics("before"))
+        await before.raise_now([Raise(AlertOccurrence(
+            site=SITE, source=cam, source_type="camera", kind=kind, severity="major",
+            title="Camera offline", at=datetime.now(UTC)))
+            for cam, kind in [("cam-fine", "offline"), ("cam-fine", "covered"),
+                              ("cam-dead", "offline")]])
+    finally:
+        await store.close()
+
+    async def alerts(node: Node) -> dict[tuple[str, str], tuple[str, int]]:
+        async with node.store.connection() as conn:
+            rows = await conn.fetch("SELECT source, kind, state, count FROM alerts")
+        return {(r["source"], r["kind"]): (r["state"], r["count"]) for r in rows}
+
+    config = make_config(fresh_dsn, NO_BROKER, sites=[site])
+    try:
+        async with running_node(config, with_mqtt=False) as node:
+            expected = {("cam-fine", "offline"): ("resolved", 1),
+                        ("cam-fine", "covered"): ("resolved", 1),
+                        ("cam-dead", "offline"): ("open", 1)}
+
+            async def settled() -> Any:
+                views = _views(node)
+                now = await alerts(node)
+                ok = (now == expected and views["cam-fine"]["state"] == "ok"
+                      and views["cam-dead"]["state"] == "offline")
+                return True if ok else _Wrong({"alerts": now, "fine": views["cam-fine"]["state"],
+                                               "dead": views["cam-dead"]["state"]})
+
+            # The dead camera is judged offline once its first connection had its chance.
+            await eventually(settled, timeout=OFFLINE_AFTER + 5 + 10)
+            transitions = await _transitions(node)
+    finally:
+        rtsp_server.remove(mount)
+    # The fine camera was never shown offline on the strength of an old alert.
+    assert transitions == {"cam-fine": [("unknown", "ok")], "cam-dead": [("unknown", "offline")]}

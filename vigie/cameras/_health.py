@@ -32,6 +32,7 @@ class CameraHealth:
     state: str = "unknown"  # unknown, ok, degraded, offline
     since: datetime | None = None
     active: set[str] = field(default_factory=set)
+    carried: set[str] = field(default_factory=set)  # open alerts from before a restart
     _bad: dict[str, int] = field(default_factory=dict)  # consecutive observations with it
     _good: dict[str, int] = field(default_factory=dict)  # consecutive observations without
 
@@ -51,25 +52,39 @@ class CameraHealth:
                     repeated.add(reason)
             elif self._bad[reason] >= self._threshold_in(reason):
                 self.active.add(reason)
-                activated.add(reason)
+                if reason in self.carried:
+                    self.carried.discard(reason)  # its alert is open already
+                else:
+                    activated.add(reason)
         for reason in set(self._bad) - seen:
             self._bad[reason] = 0
             self._good[reason] = self._good.get(reason, 0) + 1
-            if reason in self.active and self._good[reason] >= self.good_samples:
+            if self._good[reason] >= self.good_samples and (
+                    reason in self.active or reason in self.carried):
                 self.active.discard(reason)
+                self.carried.discard(reason)
                 cleared.add(reason)
         if "offline" in self.active:
             # Nothing can be said of a picture we do not get: its reasons end with it.
-            for reason in self.active - {"offline"}:
+            for reason in (self.active | self.carried) - {"offline"}:
                 cleared.add(reason)
                 self._bad[reason] = 0
-            self.active = {"offline"}
+            self.active, self.carried = {"offline"}, set()
         state = self._state()
         changed = state != self.state
         if changed or self.since is None:
             self.state, self.since = state, at
         return HealthChange(state, self.reasons, frozenset(activated), frozenset(repeated),
                             frozenset(cleared), changed)
+
+    def carry(self, reasons: frozenset[str]) -> None:
+        """Before the first observation: reasons whose alerts are still open (from before the
+        node restarted). Each is resolved (`cleared`) after `good_samples` observations
+        without it, and taken on without a new alert if it is seen for `bad_samples`; until
+        then it does not count in the state, which is what the camera shows."""
+        for reason in reasons:
+            self.carried.add(reason)
+            self._bad.setdefault(reason, 0)
 
     def suspend(self, at: datetime) -> HealthChange:
         """Nothing is known of the camera any more (its worker cannot be restarted): unknown.

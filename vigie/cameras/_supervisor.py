@@ -9,7 +9,9 @@ Timing. Picture reasons and hysteresis are judged once a second (`bad_samples` a
 `good_samples` count seconds). Offline deadlines are checked every `SWEEP_EVERY`: judged only
 on the one-second tick, a camera was seen offline between `offline_after` and
 `offline_after` + 1 s after its last packet, plus the tick's own drift (5.7-6.8 s measured at
-300 cameras for a 5 s `offline_after`); now it is 0.2 s at most, plus event-loop lag.
+300 cameras for a 5 s `offline_after`); now it is 0.2 s at most, plus event-loop lag. A worker
+that falls behind (its reports come late: an overloaded machine) reads its streams late too,
+so its cameras' deadlines move by its lag rather than raise false offline alerts.
 
 A worker that stops reporting. Its samples say nothing about its cameras any more, so they
 are not judged: each keeps its last state, shown as `stale` by the API and counted in
@@ -123,6 +125,12 @@ class CameraSupervisor:
             return
         async with self._store.connection() as conn:
             references = await cameras_q.load_references(conn)
+            unresolved = await cameras_q.unresolved_alerts(conn)
+        for state in self.cameras.values():
+            # Alerts a previous run of the node left open: resolved when the camera is seen
+            # fine, as if the node had never stopped.
+            state.health.carry(frozenset(unresolved.get((state.site.id, state.camera.id),
+                                                         ())))
         self._snapshots.mkdir(parents=True, exist_ok=True)
         for i, state in enumerate(self.cameras.values()):
             state.worker = i % len(self._pool)
@@ -259,11 +267,12 @@ class CameraSupervisor:
         """Judge offline at once the cameras whose deadline passed (between two ticks)."""
         now = time.time()
         fresh = self._fresh_workers()
+        lag = self._lags()
         at: datetime | None = None
         for state in self.cameras.values():
             if state.health.state == "offline" or not fresh[state.worker]:
                 continue
-            if self._reasons(state, now) == _OFFLINE:
+            if self._reasons(state, now, lag[state.worker]) == _OFFLINE:
                 at = at or self._clock()
                 self._judge(state, _OFFLINE, now, at)
 
@@ -272,13 +281,14 @@ class CameraSupervisor:
         now = time.time()
         at = self._clock()
         fresh = self._fresh_workers()
+        lag = self._lags()
         stale = 0
         for state in self.cameras.values():
             if not fresh[state.worker]:
                 stale += 1
                 self._unjudged(state, now, at)
                 continue
-            seen = self._reasons(state, now)
+            seen = self._reasons(state, now, lag[state.worker])
             if seen is None:
                 continue  # nothing known yet: the camera stays unknown
             self._judge(state, seen, now, at)
@@ -295,9 +305,18 @@ class CameraSupervisor:
         now = time.monotonic()
         return [self._pool.fresh(i, now) for i in range(len(self._pool))]
 
-    def _reasons(self, state: CameraState, now: float) -> frozenset[str] | None:
+    def _lags(self) -> list[float]:
+        return [self._pool.lag(i) for i in range(len(self._pool))]
+
+    def _reasons(self, state: CameraState, now: float, lag: float = 0.0
+                 ) -> frozenset[str] | None:
         """What the camera shows now; None while there is nothing to judge it on. Only for
-        a camera whose worker reports on time: its sample is then at most a report old."""
+        a camera whose worker reports on time: its sample is then at most a report old.
+
+        `lag`: how far behind its worker has lately been. A starved worker (an overloaded
+        machine) reads its streams late too: a packet waiting in a socket is no camera gone
+        quiet, so its deadline moves by that much (nothing, within a few hundredths of a
+        second, on a machine that keeps up)."""
         s = state.sample
         offline_after = state.checks.offline_after
         if s is None or s.last_packet_at is None or s.at < state.watching_since:
@@ -305,13 +324,13 @@ class CameraSupervisor:
             # its chance.
             waited = now - state.watching_since
             return _OFFLINE if waited > offline_after + FIRST_CONNECTION_GRACE else None
-        if now - s.last_packet_at > offline_after:
+        if now - s.last_packet_at > offline_after + lag:
             return _OFFLINE
         return s.reasons
 
     def _judge(self, state: CameraState, seen: frozenset[str], now: float, at: datetime
                ) -> None:
-        previous = state.health.state
+        previous = (state.health.state, state.health.reasons)
         change = state.health.observe(seen, at)
         state.judged_at = now
         if change.state_changed:
@@ -324,7 +343,7 @@ class CameraSupervisor:
         since = state.judged_at if state.judged_at is not None else state.watching_since
         if state.health.state == "unknown" or now - since < UNKNOWN_AFTER:
             return
-        previous = state.health.state
+        previous = (state.health.state, state.health.reasons)
         change = state.health.suspend(at)
         self._export_state(state)
         log.warning("camera %s: unknown, its worker has not reported for %.0f s",
@@ -350,8 +369,9 @@ class CameraSupervisor:
 
     # alerts and history ------------------------------------------------------------------
 
-    def _on_change(self, state: CameraState, change: HealthChange, previous: str,
-                   at: datetime, details: dict[str, Any] | None = None) -> None:
+    def _on_change(self, state: CameraState, change: HealthChange,
+                   previous: tuple[str, frozenset[str]], at: datetime,
+                   details: dict[str, Any] | None = None) -> None:
         site, cam = state.site.id, state.camera.id
         decisions: list[Decision] = []
         for reason in sorted(change.activated | change.repeated):
@@ -364,13 +384,15 @@ class CameraSupervisor:
             )))
         for reason in sorted(change.cleared):
             decisions.append(Resolve(f"{site}/{cam}/{reason}", at, "camera recovered"))
-        if change.state_changed or change.activated or change.cleared:
+        # What the camera shows changed (an alert carried over a restart and now resolved
+        # changes nothing of it).
+        if (change.state, change.reasons) != previous:
             log.info("camera %s/%s: %s %s", site, cam, change.state,
                      ",".join(sorted(change.reasons)) or "")
             if self.on_state is not None:
                 self.on_state(site, cam, change.state, change.reasons, at)
             self.history.transition(cameras_q.Transition(
-                site, cam, at, change.state, tuple(sorted(change.reasons)), previous,
+                site, cam, at, change.state, tuple(sorted(change.reasons)), previous[0],
                 details if details is not None else self._details(state)))
         if decisions:
             path = self._snapshot_path(state)

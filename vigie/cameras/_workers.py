@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -33,6 +34,7 @@ HUNG_AFTER = 15.0  # late this long: killed and restarted
 START_GRACE = 20.0  # for the first report of a new worker (importing FFmpeg and OpenCV)
 STABLE_AFTER = 60.0  # a worker that lived this long was no crash loop: no restart delay
 MAX_RESTART_DELAY = 60.0
+GAPS_KEPT = 5  # report intervals that make a worker's lag: its last five seconds
 
 
 @dataclass
@@ -47,6 +49,9 @@ class _Process:
     quick_deaths: int = 0
     restart_at: float | None = None  # monotonic, while dead
     restarting: bool = False
+    # Intervals between its last reports: longer than `report_every` when it (or the node)
+    # cannot keep up, and then its streams were not read on time either.
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=GAPS_KEPT))
     # The loop and a thread (sending a restarted worker its cameras) may both send.
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,6 +87,7 @@ class WorkerPool:
             child.close()
         w.process, w.conn = process, parent
         w.started, w.last_report, w.late, w.kill_reason = time.monotonic(), None, False, None
+        w.gaps.clear()
         w.restart_at = None
         self._metrics.camera_worker_up.labels(str(index)).set(0)  # up at its first report
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, index)
@@ -122,6 +128,11 @@ class WorkerPool:
         """Whether worker `index` reported within LATE_AFTER (monotonic `now`)."""
         return self._workers[index].fresh(now)
 
+    def lag(self, index: int) -> float:
+        """How far behind its schedule worker `index` reported lately (seconds, ≥ 0)."""
+        gaps = self._workers[index].gaps
+        return max(0.0, max(gaps) - self._report_every) if gaps else 0.0
+
     def _readable(self, index: int) -> None:
         w = self._workers[index]
         conn = w.conn
@@ -131,7 +142,11 @@ class WorkerPool:
         try:
             while conn.poll():
                 message = conn.recv()
-                w.last_report = time.monotonic()
+                now = time.monotonic()
+                if message[0] == "samples":
+                    if w.last_report is not None:
+                        w.gaps.append(now - w.last_report)
+                    w.last_report = now
                 self._on_message(message)
         except (EOFError, OSError):
             self._died(w)
