@@ -117,6 +117,9 @@ SCHEMAS: dict[str, Any] = {
             "height": {"type": "integer", "nullable": True},
             "codec": _STR_NULL, "bitrate": {"type": "number", "nullable": True},
             "reconnects": {"type": "integer"}, "error": _STR_NULL,
+            "stale": {"type": "boolean",
+                      "description": "its worker is late or restarting: last known state"},
+            "last_report_at": _TS_NULL,
             "availability": {"type": "object", "properties": {
                 "24h": {"type": "number", "nullable": True},
                 "7d": {"type": "number", "nullable": True}}},
