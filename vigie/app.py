@@ -97,8 +97,9 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 async def database_dsn(config: Config, stack: AsyncExitStack) -> str:
     """The configured PostgreSQL's DSN, or the embedded one's (started for the stack)."""
-    if config.database.dsn is not None:
-        return config.database.dsn.reveal()
+    configured = config.database.connect_dsn()  # password_file and sslmode merged in
+    if configured is not None:
+        return configured
     from vigie.store._embedded import embedded_postgres
 
     dsn: str = await stack.enter_async_context(embedded_postgres(config.node.data_dir))

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,18 @@ class Received:
     body: list[SensorEvent] | DeviceStatus | DeadLetter
 
 
+def _set_tls(client: paho.Client, config: MqttConfig) -> None:
+    """TLS with the configured CA (else the system's) and client certificate, if any."""
+    tls = config.tls
+    context = ssl.create_default_context(
+        cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls is not None and tls.cert_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    client.tls_set_context(context)
+    if tls is not None and not tls.check_hostname:
+        client.tls_insecure_set(True)  # the certificate is still verified against the CA
+
+
 class MqttSubscriber:
     def __init__(
         self, config: MqttConfig, client_id: str, router: TopicRouter,
@@ -87,10 +100,11 @@ class MqttSubscriber:
         )
         self._client.connect_timeout = CONNECT_TIMEOUT
         if config.username:
+            password = config.secret_password()
             self._client.username_pw_set(
-                config.username, config.password.reveal() if config.password else None)
-        if url.scheme == "mqtts":
-            self._client.tls_set()
+                config.username, password.reveal() if password else None)
+        if config.uses_tls:
+            _set_tls(self._client, config)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -156,7 +170,10 @@ class MqttSubscriber:
             props.ReceiveMaximum = 65_535
             kwargs = {"clean_start": False, "properties": props}
         self._lost.clear()
-        self._client.connect(address, self._port, self._config.keepalive, **kwargs)
+        # Over TLS the certificate names the host, not its address: paho resolves it again
+        # (answered from the resolver's cache, just filled above).
+        host = self._host if self._config.uses_tls else address
+        self._client.connect(host, self._port, self._config.keepalive, **kwargs)
         await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
 
     async def _serve(self) -> None:
