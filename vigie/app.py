@@ -26,6 +26,7 @@ from vigie.cameras import CameraSupervisor
 from vigie.config import Config
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
+from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
@@ -188,7 +189,8 @@ async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetim
 async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
     """Before every producer of changes and the API, so it is left after them: what they
     published is written before it stops."""
-    feed = Feed(node.store, node.metrics, dsn, clock=node.clock)
+    feed = Feed(node.store, node.metrics, dsn, clock=node.clock,
+                keep_seconds=node.config.retention.feed)
     await feed.start()
     node.alerts.subscribe(feed.alert_changed)
     node.feed = feed
@@ -254,9 +256,10 @@ async def running_node(
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config))
-        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
+        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
+        node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_cameras(node))
         if with_mqtt:
