@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -217,6 +218,19 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
         await supervisor.stop()
 
 
+def _api_tls(config: Config) -> ssl.SSLContext | None:
+    """HTTPS served directly, when a certificate and key are configured (TLS 1.2 or later)."""
+    if config.api.tls_cert is None or config.api.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.api.tls_cert), str(config.api.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise VigieError(f"api.tls_cert / api.tls_key: cannot load ({exc})") from None
+    return context
+
+
 @asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
@@ -228,10 +242,11 @@ async def _api(node: Node) -> AsyncIterator[None]:
     install_stream(app, node.feed)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.api.host, config.api.port)
+    tls = _api_tls(config)
+    site = web.TCPSite(runner, config.api.host, config.api.port, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
-    node.api_url = f"http://{host}:{port}"
+    node.api_url = f"{'https' if tls else 'http'}://{host}:{port}"
     log.info("API listening on %s", node.api_url)
     try:
         yield
