@@ -137,11 +137,11 @@ class Api:
 
     async def call(self, method: str, path: str, token: str | None = None, *,
                    auth: str | None = None, session: aiohttp.ClientSession | None = None,
-                   **kwargs: Any) -> Reply:
+                   headers: dict[str, str] | None = None, **kwargs: Any) -> Reply:
         """`token` defaults to the fixture's; `auth` sets the raw Authorization header
-        ("" sends none)."""
+        ("" sends none); `headers` are sent too."""
         header = auth if auth is not None else f"Bearer {token or self.token}"
-        headers = {"Authorization": header} if header else {}
+        headers = {**(headers or {}), **({"Authorization": header} if header else {})}
         async with (session or self.session).request(
                 method, self.base + path, headers=headers, **kwargs) as r:
             raw = await r.read()
