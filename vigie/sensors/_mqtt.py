@@ -56,7 +56,7 @@ class Received:
     body: list[SensorEvent] | DeviceStatus | DeadLetter
 
 
-def _set_tls(client: paho.Client, config: MqttConfig) -> None:
+def _set_tls(client: paho.Client, config: MqttConfig) -> ssl.SSLContext:
     """TLS with the configured CA (else the system's) and client certificate, if any."""
     tls = config.tls
     context = ssl.create_default_context(
@@ -66,6 +66,7 @@ def _set_tls(client: paho.Client, config: MqttConfig) -> None:
     client.tls_set_context(context)
     if tls is not None and not tls.check_hostname:
         client.tls_insecure_set(True)  # the certificate is still verified against the CA
+    return context
 
 
 class MqttSubscriber:
@@ -103,8 +104,7 @@ class MqttSubscriber:
             password = config.secret_password()
             self._client.username_pw_set(
                 config.username, password.reveal() if password else None)
-        if config.uses_tls:
-            _set_tls(self._client, config)
+        self._tls = _set_tls(self._client, config) if config.uses_tls else None
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -158,8 +158,13 @@ class MqttSubscriber:
         # then immediate (a blackholed host would otherwise stall everything for seconds).
         infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
         address = str(infos[0][4][0])
-        _, writer = await asyncio.wait_for(asyncio.open_connection(address, self._port),
-                                           CONNECT_TIMEOUT)
+        # Over TLS, the handshake too: a broker vigie cannot trust (or that refuses vigie's
+        # certificate) fails here, on the loop, rather than in paho's blocking handshake,
+        # which would also leave its socket unclosed.
+        tls: dict[str, Any] = (
+            {"ssl": self._tls, "server_hostname": self._host} if self._tls else {})
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, self._port, **tls), CONNECT_TIMEOUT)
         writer.close()
         kwargs: dict[str, Any] = {}
         if self._v5:
