@@ -94,7 +94,8 @@ SCHEMAS: dict[str, Any] = {
     "DeadLetterList": _list_of("DeadLetter"),
     "CommentBody": {
         "type": "object", "additionalProperties": False,
-        "properties": {"comment": {"type": "string", "maxLength": 4000}},
+        # null or left out: no comment
+        "properties": {"comment": {"type": "string", "maxLength": 4000, "nullable": True}},
     },
     "RequiredCommentBody": {
         "type": "object", "additionalProperties": False, "required": ["comment"],
