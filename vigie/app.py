@@ -274,7 +274,8 @@ async def running_node(
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
-        node.spawn("retention", RetentionJob(store, config, clock).run())
+        if config.retention.on_nodes:
+            node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_cameras(node))
         if with_mqtt:

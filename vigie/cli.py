@@ -158,6 +158,29 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, work))
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """One retention pass (partitions ahead, expired data purged), e.g. from cron."""
+    from vigie.app import open_store
+    from vigie.retention import RetentionJob
+
+    config = _load(args)
+
+    async def work() -> int:
+        async with AsyncExitStack() as stack:
+            store = await open_store(config, stack)
+            report = await RetentionJob(store, config, lambda: datetime.now(UTC)).run_once()
+        if not report.ran:
+            print("another node is running retention now; nothing done")
+            return 0
+        print(f"partitions created: {', '.join(report.created) or 'none'}")
+        print(f"partitions dropped: {', '.join(report.dropped) or 'none'}")
+        deleted = ", ".join(f"{k} {n}" for k, n in report.deleted.items() if n)
+        print(f"rows deleted: {deleted or 'none'}; snapshot files removed: {report.files}")
+        return 0
+
+    return asyncio.run(work())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vigie.demo import run_demo
 
@@ -203,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_migrate)
     sub.add_parser("check-config", parents=[common], help="validate a config file"
                    ).set_defaults(func=cmd_check_config)
+    sub.add_parser("retention", parents=[common],
+                   help="purge expired data and create partitions ahead, once"
+                   ).set_defaults(func=cmd_retention)
     token = sub.add_parser("token", help="API tokens")
     tsub = token.add_subparsers(dest="token_cmd", required=True)
     create = tsub.add_parser("create", parents=[common], help="create a token (shown once)")

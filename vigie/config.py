@@ -657,6 +657,9 @@ class RetentionConfig(_Model):
     dead_letters: Duration = 30 * DAY
     feed: Duration = DAY  # the live feed's replay backlog
     every: Duration = 3600.0  # how often the retention job runs
+    # False: nodes leave retention to `vigie retention` (e.g. a cron job as the tables'
+    # owner, when nodes run as a role that may not create or drop partitions).
+    on_nodes: bool = True
 
     @field_validator("snapshots", mode="after")
     @classmethod

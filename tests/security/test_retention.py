@@ -273,3 +273,23 @@ async def test_audit_partitions_expire_by_the_database_clock(store: Store, fresh
     kept = await partitions(store, "audit_log")
     assert f"audit_log_p{db_now:%Y_%m}" in kept
     assert all(name >= f"audit_log_p{db_now - timedelta(days=400):%Y_%m}" for name in kept)
+
+
+async def test_the_retention_command_runs_one_pass(store: Store, fresh_dsn: str,
+                                                    tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    async with store.connection() as conn:
+        await conn.execute(
+            "INSERT INTO dead_letters (received_at, topic, reason, detail, payload, "
+            "payload_size) VALUES (now() - interval '40 days', 't', 'not_json', 'x', '', 0)")
+    path = tmp_path / "vigie.yaml"
+    path.write_text(f"database: {{dsn: '{fresh_dsn}'}}\nnode: {{data_dir: '{tmp_path}'}}\n")
+    run = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "vigie.cli", "retention", "--config", str(path)],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "rows deleted: dead_letters 1" in run.stdout
+    async with store.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 0
