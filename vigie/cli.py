@@ -125,8 +125,11 @@ def cmd_token(args: argparse.Namespace) -> int:
         unknown = [s for s in sites or [] if config.site(s) is None]
         if unknown:
             raise VigieError(f"unknown site(s): {', '.join(unknown)}")
-        expires = (datetime.now(UTC) + timedelta(seconds=_duration(args.expires))
-                   if args.expires else None)
+        try:
+            lifetime = _duration(args.expires) if args.expires else None
+        except ValueError as exc:
+            raise VigieError(f"--expires {args.expires!r}: {exc} (e.g. 90d, 12h)") from None
+        expires = datetime.now(UTC) + timedelta(seconds=lifetime) if lifetime else None
         token, info = await _tokens.create_token(
             conn, name=args.name, role=args.role, sites=sites, expires_at=expires)
         await audit.record(conn, actor=_operator(), action="token.create", target=info.name,
