@@ -287,6 +287,9 @@ async def test_a_scoped_token_sees_no_camera_or_image_of_another_site(
     assert (await api.call("GET", f"{camera}/snapshot", theirs)).status == 200
     assert (await api.call("GET", f"/api/v1/snapshots/{snapshot}", theirs)).status == 200
     assert (await api.call("POST", f"{camera}/reference", theirs)).status == 202
+    # Rejected MQTT messages belong to no site: for admins of every site only.
+    assert (await api.call("GET", "/api/v1/dead-letters", mine["admin"])).status == 403
+    assert (await api.call("GET", "/api/v1/dead-letters")).status == 200
     # Every image view is audited, refused ones too.
     views = [v["outcome"] for v in await audit_rows(node, "camera_snapshot")]
     assert sorted(views) == ["200"] + ["404"] * 4
