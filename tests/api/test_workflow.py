@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.alerts.test_escalation import FakeClock
 from tests.api.test_api import Api, OpenApi, make_token
 from tests.api.test_stream import QUIET_SITES, stream
 from tests.conftest import make_config
+from tests.pg import temporary_database
 from vigie.alerts import Raise
 from vigie.app import Node, running_node
 from vigie.store._alerts import AlertOccurrence
@@ -29,6 +31,20 @@ T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
 
 
+def _config(dsn: str) -> Any:
+    # No cameras: no alert but the ones a test raises. Critical alerts escalate after 5 min.
+    return make_config(dsn, NO_MQTT, sites=QUIET_SITES,
+                       alerts={"escalation": {"critical": {"after": "5m"}}})
+
+
+@asynccontextmanager
+async def _api_for(node: Node) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.api_url + "/api/v1/openapi.json") as r:
+            doc = await r.json()
+        yield Api(session, node.api_url, OpenApi(doc), await make_token(node, "admin"))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
@@ -36,19 +52,23 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def node(fresh_dsn: str, clock: FakeClock) -> AsyncIterator[Node]:
-    # No cameras: no alert but the ones a test raises. Critical alerts escalate after 5 min.
-    config = make_config(fresh_dsn, NO_MQTT, sites=QUIET_SITES,
-                         alerts={"escalation": {"critical": {"after": "5m"}}})
-    async with running_node(config, clock=clock, with_mqtt=False) as node:
+    async with running_node(_config(fresh_dsn), clock=clock, with_mqtt=False) as node:
         yield node
 
 
 @pytest.fixture
 async def api(node: Node) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(node.api_url + "/api/v1/openapi.json") as r:
-            doc = await r.json()
-        yield Api(session, node.api_url, OpenApi(doc), await make_token(node, "admin"))
+    async with _api_for(node) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+async def shared_api() -> AsyncIterator[Api]:
+    """One node for the tests of bad input, which must change nothing."""
+    async with temporary_database("vigie_wf") as dsn, running_node(
+        _config(dsn), clock=FakeClock(T0), with_mqtt=False
+    ) as node, _api_for(node) as api:
+        yield api
 
 
 async def raise_alert(node: Node, site: str = PASTEUR, source: str = "centrale",
@@ -190,13 +210,14 @@ BAD_SILENCES: dict[str, tuple[Any, str]] = {
 @pytest.mark.parametrize(("body", "message"),
                          [pytest.param(*case, id=name) for name, case in BAD_SILENCES.items()])
 async def test_a_bad_silence_is_a_422_that_names_the_problem(
-    api: Api, body: Any, message: str
+    shared_api: Api, body: Any, message: str
 ) -> None:
-    reply = await api.call("POST", "/api/v1/silences", json=body)
+    reply = await shared_api.call("POST", "/api/v1/silences", json=body)
     assert reply.status == 422, reply.body
     assert reply.body["error"]["code"] == "invalid_body"
     assert message in reply.body["error"]["message"], reply.body
-    assert (await api.get("/api/v1/silences?state=pending,active,expired"))["items"] == []
+    everything = await shared_api.get("/api/v1/silences?state=pending,active,expired")
+    assert everything["items"] == []
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status"), [
@@ -211,9 +232,9 @@ async def test_a_bad_silence_is_a_422_that_names_the_problem(
     ("DELETE", f"/api/v1/silences/{uuid.uuid4()}", {}, 404),
     ("DELETE", "/api/v1/silences/12", {}, 404),
 ])
-async def test_bad_silence_requests(api: Api, method: str, path: str, kwargs: dict[str, Any],
-                                    status: int) -> None:
-    reply = await api.call(method, path, **kwargs)
+async def test_bad_silence_requests(shared_api: Api, method: str, path: str,
+                                    kwargs: dict[str, Any], status: int) -> None:
+    reply = await shared_api.call(method, path, **kwargs)
     assert reply.status == status, reply.body
 
 
@@ -382,12 +403,16 @@ async def test_report_counts_and_response_times(node: Node, api: Api, clock: Fak
     async def at(when: datetime) -> None:
         clock.now = when
 
+    # The clock follows the story: the node's own timers tick meanwhile, and must find
+    # nothing to escalate (each alert is acknowledged within its 5 minutes).
+    await at(T0 - 3 * h)
     a1 = uuid.UUID(await raise_alert(node, PASTEUR, "centrale", at=T0 - 3 * h))
     await at(T0 - 3 * h + 60 * sec)
     await node.alerts.acknowledge(a1, "op", None)
     await at(T0 - 3 * h + 600 * sec)
     await node.alerts.resolve(a1, "op", None, resolution="false_alarm")
 
+    await at(T0 - 2 * h)
     a2 = uuid.UUID(await raise_alert(node, JM, "centrale-a", at=T0 - 2 * h))
     await at(T0 - 2 * h + 120 * sec)
     await node.alerts.acknowledge(a2, "op", None)
@@ -404,8 +429,10 @@ async def test_report_counts_and_response_times(node: Node, api: Api, clock: Fak
                                                "closed")])
     await raise_alert(node, JM, "entree", kind="offline", severity="major",
                       at=T0 - 30 * MIN, source_type="camera")
-    await raise_alert(node, PASTEUR, "old", at=T0 - timedelta(days=10))  # before the period
     await at(T0)
+    # Before the period, and escalating (nobody acknowledged it): counted in no figure.
+    await raise_alert(node, PASTEUR, "old", at=T0 - timedelta(days=10))
+    await node.alerts.escalate_due()
 
     report = await api.get("/api/v1/reports/alerts")
     assert (report["from"], report["to"], report["site"]) == (
@@ -440,8 +467,8 @@ async def test_report_counts_and_response_times(node: Node, api: Api, clock: Fak
     "from=2026-11-28T00:00:00Z&to=2026-11-28T00:00:00Z",
     "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "bogus=1", "site=%00",
 ])
-async def test_bad_report_queries_are_400(api: Api, query: str) -> None:
-    reply = await api.call("GET", f"/api/v1/reports/alerts?{query}")
+async def test_bad_report_queries_are_400(shared_api: Api, query: str) -> None:
+    reply = await shared_api.call("GET", f"/api/v1/reports/alerts?{query}")
     assert reply.status == 400, reply.body
 
 
