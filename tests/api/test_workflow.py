@@ -231,8 +231,10 @@ async def test_a_bad_silence_is_a_422_that_names_the_problem(
     ("GET", f"/api/v1/silences/{uuid.uuid4()}", {}, 404),
     ("DELETE", f"/api/v1/silences/{uuid.uuid4()}", {}, 404),
     ("DELETE", "/api/v1/silences/12", {}, 404),
+    ("GET", "/api/v1/alerts?silenced=maybe", {}, 400),
+    ("GET", "/api/v1/alerts?silenced=true&silenced=false", {}, 400),
 ])
-async def test_bad_silence_requests(shared_api: Api, method: str, path: str,
+async def test_bad_workflow_requests(shared_api: Api, method: str, path: str,
                                     kwargs: dict[str, Any], status: int) -> None:
     reply = await shared_api.call(method, path, **kwargs)
     assert reply.status == status, reply.body

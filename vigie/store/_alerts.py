@@ -324,8 +324,8 @@ async def acknowledge(
     await _lock(conn, alert_id, "acknowledge", ("open",))
     # Someone has it: no more escalation (until an un-acknowledge).
     return await _change(conn, alert_id, actor, at, "acknowledged", comment, {},
-                         "state = 'acknowledged', acknowledged_by = v.actor, acknowledged_at = v.at, "
-                         "next_escalation_at = NULL")
+                         "state = 'acknowledged', acknowledged_by = v.actor, "
+                         "acknowledged_at = v.at, next_escalation_at = NULL")
 
 
 async def unacknowledge(
