@@ -67,6 +67,7 @@ class MqttSubscriber:
         self._metrics = metrics
         self._clock = clock
         self._connected = asyncio.Event()
+        self._accepted = asyncio.Event()  # CONNACK received on the current connection
         self._lost = asyncio.Event()
         self._sock: Any = None
         self._paused = False
@@ -156,8 +157,13 @@ class MqttSubscriber:
             props.ReceiveMaximum = 65_535
             kwargs = {"clean_start": False, "properties": props}
         self._lost.clear()
+        self._accepted.clear()
         self._client.connect(address, self._port, self._config.keepalive, **kwargs)
-        await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+        # Only the CONNACK has a deadline. The SUBACK may sit behind a backlog the broker
+        # replays for our session first; if our inbox is full meanwhile, it can take as
+        # long as the database needs, and timing out there would throw the session's
+        # progress away and start the replay over.
+        await asyncio.wait_for(self._accepted.wait(), CONNECT_TIMEOUT)
 
     async def _serve(self) -> None:
         """Keep-alive pings until the connection is lost."""
@@ -249,6 +255,7 @@ class MqttSubscriber:
         if reason.is_failure:
             log.warning("MQTT broker %s refused the connection: %s", self.endpoint, reason)
             return
+        self._accepted.set()
         self._connections += 1
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
@@ -257,6 +264,10 @@ class MqttSubscriber:
         client.subscribe(topics)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
+        if getattr(flags, "session_present", False):
+            # The broker kept our subscriptions: nothing published from now on is missed,
+            # even before the SUBACK of the re-subscription arrives.
+            self._mark_connected()
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
@@ -265,6 +276,9 @@ class MqttSubscriber:
             log.error("MQTT broker %s refused %d subscription(s): %s", self.endpoint,
                       len(refused), refused[0])
         # Connected means subscribed: from here on, nothing published is missed.
+        self._mark_connected()
+
+    def _mark_connected(self) -> None:
         self._connected.set()
         self._metrics.mqtt_connected.set(1)
 
