@@ -91,6 +91,23 @@ async def test_only_an_active_silence_silences(node: Node) -> None:
         assert await raised_silenced(node, source=source) is expected, source
 
 
+async def test_a_silence_covers_what_happens_and_what_is_raised_during_it(
+    node: Node, clock: FakeClock
+) -> None:
+    await silence(node, Matchers(site="clg-pasteur"), T0, T0 + HOUR)
+    # A device whose clock is behind: its event says 09:58, it arrives during the window.
+    clock.now = T0 + MIN
+    assert await raised_silenced(node, source="late-clock", at=T0 - 2 * MIN) is True
+    # An event of the window replayed after it (a spool, a broker backlog): silenced as it
+    # is stored, then surfaced by the next sweep, since it is still open after the window.
+    clock.now = T0 + 2 * HOUR
+    assert await raised_silenced(node, source="replayed", at=T0 + 30 * MIN) is True
+    assert [(c.action, c.alert.source) for c in await node.timers.tick()] == [
+        ("unsilenced", "late-clock"), ("unsilenced", "replayed")]
+    # Neither then nor now: not silenced.
+    assert await raised_silenced(node, source="after", at=T0 + 2 * HOUR) is False
+
+
 async def test_an_alert_raised_in_a_silence_is_stored_and_told_as_silenced(
     node: Node
 ) -> None:

@@ -130,7 +130,7 @@ class AlertService:
                         and d.fingerprint not in resolved_here]
             occurrences = [self._with_escalation(r.occurrence) for r in raises]
             for (alert, opened), d in zip(
-                await q.upsert_alerts(conn, occurrences), raises, strict=True
+                await q.upsert_alerts(conn, occurrences, self._clock()), raises, strict=True
             ):
                 # Added at once: a stale extra costs one no-op UPDATE, a missing one a resolve.
                 self._unresolved.add(alert.fingerprint)

@@ -161,10 +161,12 @@ def silence_matches(alert: str, at: str) -> str:
             f" AND s.source_type IN ('*', {alert}.source_type))")
 
 
-# An alert raised while a matching silence is active (at the time of its occurrence) is
-# stored silenced. A repeat changes neither its silence nor its escalation, except that an
-# alert without an escalation policy takes the repeat's (a door opened by day, info, then
-# again at night, critical).
+# An alert raised while a matching silence is active is stored silenced: active when it
+# happened (an event replayed later still belongs to its maintenance window) or now, when
+# it is raised (a device whose clock is behind still falls in the window it is sent in).
+# A repeat changes neither its silence nor its escalation, except that an alert without an
+# escalation policy takes the repeat's (a door opened by day, info, then again at night,
+# critical).
 _UPSERT = f"""
 INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, state, title,
                     details, opened_at, last_seen_at, count, event_id, escalate_after,
@@ -172,7 +174,8 @@ INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, 
                     silenced)
 SELECT gen_random_uuid(), fingerprint, site, source, source_type, kind, severity, 'open',
        title, details, at, last_at, count, event_id, esc_after, esc_repeat, esc_max, esc_max,
-       at + esc_after, {silence_matches("o", "o.at")}
+       at + esc_after,
+       {silence_matches("o", "o.at")} OR {silence_matches("o", "coalesce($16::timestamptz, o.at)")}
 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[],
             $13::interval[], $14::interval[], $15::int[])
@@ -211,9 +214,10 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::
 
 
 async def upsert_alerts(
-    conn: Any, occurrences: Sequence[AlertOccurrence]
+    conn: Any, occurrences: Sequence[AlertOccurrence], now: datetime | None = None
 ) -> list[tuple[Alert, bool]]:
-    """Open alerts, or fold occurrences into the unresolved ones, in one statement.
+    """Open alerts, or fold occurrences into the unresolved ones, in one statement; `now` is
+    when they are raised (for silences; default: each occurrence's time).
 
     Each fingerprint may appear once (ON CONFLICT cannot touch a row twice). Returns each
     alert with True if this call opened it, in the order of `occurrences`.
@@ -229,7 +233,7 @@ async def upsert_alerts(
         [o.event_id for o in occ],
         [o.escalation.after if o.escalation else None for o in occ],
         [o.escalation.repeat if o.escalation else None for o in occ],
-        [o.escalation.steps if o.escalation else 0 for o in occ],
+        [o.escalation.steps if o.escalation else 0 for o in occ], now,
     )
     by_fingerprint = {r["fingerprint"]: (Alert.from_row(r), bool(r["inserted"])) for r in rows}
     result = [by_fingerprint[o.fingerprint] for o in occ]

@@ -196,12 +196,15 @@ async def sweep(conn: Any, now: datetime, actor: str = "vigie") -> list[tuple[st
     transaction: the history entries go with the changes."""
     changes: list[tuple[str, Alert]] = []
     history: list[tuple[Alert, str, dict[str, Any]]] = []
+    def oldest_first(rows: list[Any]) -> list[Any]:
+        return sorted(rows, key=lambda r: (r["opened_at"], r["id"]))
+
     if await conn.fetchval(_ANY_ACTIVE, now):
-        for row in await conn.fetch(_SILENCE, now):
+        for row in oldest_first(await conn.fetch(_SILENCE, now)):
             alert = Alert.from_row(row)
             changes.append(("silenced", alert))
             history.append((alert, "silenced", {"silences": row["silence_ids"] or []}))
-    for row in await conn.fetch(_UNSILENCE, now):
+    for row in oldest_first(await conn.fetch(_UNSILENCE, now)):
         alert = Alert.from_row(row)
         changes.append(("unsilenced", alert))
         history.append((alert, "unsilenced", {"reason": "no active silence matches"}))
