@@ -191,6 +191,17 @@ async def test_after_a_long_stop_a_missed_step_escalates_once_and_counts_on_from
     assert (await row(node.store, alert))["escalation_level"] == 2
 
 
+async def test_the_delay_counts_from_when_the_alert_is_raised(node: Node, clock: FakeClock
+                                                           ) -> None:
+    """An event of an hour ago, stored only now (replayed after an outage): the operators
+    get the whole delay to acknowledge it, from now."""
+    clock.now = T0 + 60 * MIN
+    [alert] = await node.open(occ(at=T0))
+    assert (await row(node.store, alert))["next_escalation_at"] == T0 + 65 * MIN
+    assert await node.at(T0 + 64 * MIN) == []
+    assert len(await node.at(T0 + 65 * MIN)) == 1
+
+
 async def test_a_repeat_does_not_move_the_escalation(node: Node) -> None:
     [alert] = await node.open(occ())
     await node.open(occ(at=T0 + 4 * MIN))

@@ -164,6 +164,8 @@ def silence_matches(alert: str, at: str) -> str:
 # An alert raised while a matching silence is active is stored silenced: active when it
 # happened (an event replayed later still belongs to its maintenance window) or now, when
 # it is raised (a device whose clock is behind still falls in the window it is sent in).
+# Its escalation counts from when it is raised: nobody could acknowledge an event stored
+# late (replayed after an outage) before it was there to be seen.
 # A repeat changes neither its silence nor its escalation, except that an alert without an
 # escalation policy takes the repeat's (a door opened by day, info, then again at night,
 # critical).
@@ -174,7 +176,7 @@ INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, 
                     silenced)
 SELECT gen_random_uuid(), fingerprint, site, source, source_type, kind, severity, 'open',
        title, details, at, last_at, count, event_id, esc_after, esc_repeat, esc_max, esc_max,
-       at + esc_after,
+       greatest(at, $16::timestamptz) + esc_after,
        {silence_matches("o", "o.at")} OR {silence_matches("o", "coalesce($16::timestamptz, o.at)")}
 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[],
