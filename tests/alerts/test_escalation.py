@@ -353,3 +353,16 @@ def test_bad_escalation_settings_are_reported_by_path(rule: dict[str, Any], mess
     with pytest.raises(ConfigError) as err:
         _config(rules=[{"kind": "intrusion", "states": "alarm", "severity": "critical", **rule}])
     assert message in str(err.value) and "alerts.rules[0]" in str(err.value)
+
+
+@pytest.mark.parametrize(("escalation", "path"), [
+    ({"urgent": {"after": "5m"}}, "alerts.escalation.urgent"),
+    ({"critical": {}}, "alerts.escalation.critical.after"),
+    ({"critical": {"after": "5m", "every": "1m"}}, "alerts.escalation.critical.every"),
+    ({"critical": {"after": "5m", "max": 0}}, "alerts.escalation.critical.max"),
+])
+def test_bad_escalation_by_severity_is_reported_by_path(escalation: dict[str, Any], path: str
+                                                        ) -> None:
+    with pytest.raises(ConfigError) as err:
+        _config(escalation=escalation)
+    assert path in str(err.value), str(err.value)
