@@ -14,6 +14,7 @@ from vigie.api._spec import openapi_document
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 COLUMNS = ("admin", "operator", "technician", "viewer", "no token")
+_CELLS = re.compile(r"(?<!\\)\|")
 _ITEM = re.compile(r"`([A-Z]+(?:/[A-Z]+)*) (/[^`?\s]*)(?:\?[^`]*)?`")
 
 
@@ -33,7 +34,8 @@ def readme_table() -> dict[tuple[str, str], frozenset[str]]:
     for line in lines[head + 2:]:
         if not line.startswith("|"):
             break
-        first, *ticks = [c.strip() for c in line.strip().strip("|").split("|")]
+        # A cell may hold an escaped pipe (`false\|true`): split on the others only.
+        first, *ticks = [c.strip() for c in _CELLS.split(line.strip().strip("|"))]
         assert len(ticks) == len(COLUMNS), f"README row with {len(ticks)} columns: {line}"
         roles = frozenset(c for c, t in zip(COLUMNS, ticks, strict=True) if t == "✓")
         if "no token" in roles:
