@@ -52,7 +52,7 @@ def _to_json_schema(node: Any) -> Any:
     if node.get("nullable") is True:
         if "type" in out:
             out["type"] = [out["type"], "null"]
-        if "enum" in out:
+        if "enum" in out and None not in out["enum"]:
             out["enum"] = [*out["enum"], None]
     if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False
