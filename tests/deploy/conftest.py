@@ -31,3 +31,9 @@ def run(*args: str, cwd: Path | None = None, timeout: float = 60
         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           check=False)
+
+
+# The RTSP test server of tests/cameras, for the tests here that need cameras to watch.
+from tests.cameras.conftest import h264_clip, rtsp_server, rtsp_server_process  # noqa: E402
+
+__all__ = ["h264_clip", "rtsp_server", "rtsp_server_process"]
