@@ -83,7 +83,7 @@ def test_grafana_can_load_the_dashboard(path: Path) -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in _panels(board):
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         if panel["type"] != "row":
             assert panel["datasource"] == {"type": "prometheus", "uid": ds["uid"]}
             assert panel["targets"], panel["title"]
@@ -95,7 +95,8 @@ def test_grafana_can_load_the_dashboard(path: Path) -> None:
     cells: set[tuple[int, int]] = set()
     for panel in _panels(board):
         g = panel["gridPos"]
-        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
         assert not mine & cells, f"{panel['title']} overlaps another panel"
         cells |= mine
     provider = yaml.safe_load(
@@ -159,44 +160,50 @@ class QueryError(AssertionError):
     pass
 
 
+async def _without_data(api: PromApi, boards: list[dict[str, Any]]) -> list[str]:
+    """What returns no data yet, with every variable on "All" (Grafana's allValue .*),
+    then with one collège; a query that does not parse fails the test at once."""
+    missing: list[str] = []
+    for board in boards:
+        for choice in ({"site": ".*", "camera": ".*"}, {"site": SITE, "camera": ".*"}):
+            values = {**BUILTINS, **choice}
+            for variable in _variables(board):
+                query = resolve(variable["query"]["query"], values)
+                if not await api.label_values(query):
+                    missing.append(f"{board['title']}: variable ${variable['name']} "
+                                   f"({query}) has no values")
+            for title, expr, instant in _queries(board):
+                query = resolve(expr, values)
+                try:
+                    if not await api.has_data(query, instant):
+                        missing.append(f"{board['title']} / {title}: {query}")
+                except QueryError as exc:  # a parse error never heals
+                    pytest.fail(f"{board['title']} / {title}: {query}: {exc}")
+    return missing
+
+
 async def test_every_dashboard_query_parses_and_returns_data(
         scraped: tuple[Node, Prometheus]) -> None:
     node, prom = scraped
     boards = [_load(p) for p in DASHBOARDS]
-    # Twice: with every variable on "All" (Grafana's allValue .*), and with one collège.
-    choices = [{"site": ".*", "camera": ".*"}, {"site": SITE, "camera": ".*"}]
     async with aiohttp.ClientSession() as http:
         api = PromApi(http, prom.url)
         deadline = time.monotonic() + 90
-        while True:
-            missing: list[str] = []
-            for board in boards:
-                for choice in choices:
-                    values = {**BUILTINS, **choice}
-                    for variable in _variables(board):
-                        query = resolve(variable["query"]["query"], values)
-                        if not await api.label_values(query):
-                            missing.append(f"{board['title']}: variable ${variable['name']} "
-                                           f"({query}) has no values")
-                    for title, expr, instant in _queries(board):
-                        query = resolve(expr, values)
-                        try:
-                            if not await api.has_data(query, instant):
-                                missing.append(f"{board['title']} / {title}: {query}")
-                        except QueryError as exc:  # a parse error never heals: fail now
-                            pytest.fail(f"{board['title']} / {title}: {query}: {exc}")
-            if not missing:
-                break
+        while missing := await _without_data(api, boards):
             if time.monotonic() > deadline:
                 pytest.fail("queries without data after 90 s of scraping:\n  "
                             + "\n  ".join(missing) + "\nprometheus log:\n" + prom.log_tail())
             await asyncio.sleep(2)
-        # And the rules Prometheus evaluates from deploy/prometheus/rules.yml load and yield.
+        # The rules of deploy/prometheus/rules.yml load and evaluate on real data.
         rules = await api.get("/api/v1/rules")
         groups = {g["name"]: g for g in rules["groups"]}
         assert set(groups) == {"vigie.records", "vigie.alerts"}
-        for rule in groups["vigie.records"]["rules"]:
-            assert rule["health"] == "ok", rule
-        for rule in groups["vigie.alerts"]["rules"]:
-            assert rule["health"] == "ok", rule
-    assert node.cameras is not None
+        for group in groups.values():
+            for rule in group["rules"]:
+                assert rule["health"] == "ok", rule
+        # Every recorded series gets data (the alerts' expressions use the same metrics).
+        recorded = [rule["name"] for rule in groups["vigie.records"]["rules"]]
+        while empty := [name for name in recorded if not await api.has_data(name, True)]:
+            assert time.monotonic() < deadline, f"recording rules without data: {empty}"
+            await asyncio.sleep(1)
+    assert node.cameras is not None and len(node.cameras.cameras) == 3
