@@ -24,6 +24,7 @@ from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
 from vigie.config import Config
+from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
@@ -223,6 +224,7 @@ async def _api(node: Node) -> AsyncIterator[None]:
                      feed=node.feed)
     app = make_api(ctx)
     install_stream(app, node.feed)
+    install_console(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
