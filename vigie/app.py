@@ -31,6 +31,7 @@ from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicR
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
 from vigie.store import Store
+from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
 
 __all__ = ["Node", "open_store", "running_node"]
@@ -112,13 +113,14 @@ def load_schedule(config: Config) -> Schedule:
     return Schedule(config.sites, SchoolCalendar.load(path) if path is not None else None)
 
 
-async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None) -> Store:
+async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None,
+                     on_progress: MigrationProgress | None = None) -> Store:
     """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
     dsn = dsn or await database_dsn(config, stack)
     store = await Store.open(dsn, size=config.database.pool_size,
                              timeout=config.database.connect_timeout)
     stack.push_async_callback(store.close)
-    applied = await store.migrate()
+    applied = await store.migrate(on_progress)
     if applied:
         log.info("database schema migrated (%d migration(s))", applied)
     return store

@@ -67,6 +67,11 @@ class AlertService:
                 self._metrics.alerts_total.labels(a.site, a.kind, a.severity).inc()
             elif change.action == "resolved":
                 self._unresolved.discard(change.alert.fingerprint)
+            if change.action != "repeated":  # repeats are counted, not logged one by one
+                a = change.alert
+                log.info("alert %s %s by %s", a.fingerprint, change.action, change.actor,
+                         extra={"alert_id": str(a.id), "alert_action": change.action,
+                                "severity": a.severity})
             for listener in self._listeners:
                 try:
                     listener(change)
