@@ -8,6 +8,7 @@ Content-Security-Policy allows only the node's own scripts, styles, images and W
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 from aiohttp import web
@@ -17,8 +18,17 @@ __all__ = ["CSP", "install_console"]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 _TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript",
           ".svg": "image/svg+xml"}
+
+
+def _policy(host: str) -> str:
+    """CSP, with the live feed's WebSocket named as well: 'self' covers ws: and wss: only in
+    browsers that follow CSP 3 (older Safari does not)."""
+    if not _HOST.fullmatch(host):
+        return CSP
+    return CSP.replace("connect-src 'self'", f"connect-src 'self' ws://{host} wss://{host}")
 
 
 def _files() -> dict[str, tuple[bytes, str]]:
@@ -35,22 +45,22 @@ def _files() -> dict[str, tuple[bytes, str]]:
 def install_console(app: web.Application) -> None:
     files = _files()
 
-    def respond(name: str) -> web.Response:
+    def respond(request: web.Request, name: str) -> web.Response:
         body, content_type = files[name]
         return web.Response(body=body, content_type=content_type, charset="utf-8", headers={
-            "Content-Security-Policy": CSP,
+            "Content-Security-Policy": _policy(request.host),
             "Cache-Control": "no-cache",  # revalidate: a new version shows at the next load
             "Cross-Origin-Opener-Policy": "same-origin",
         })
 
-    async def index(_: web.Request) -> web.Response:
-        return respond("index.html")
+    async def index(request: web.Request) -> web.Response:
+        return respond(request, "index.html")
 
     async def asset(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in files or name == "index.html":
             raise web.HTTPNotFound(text="not found")
-        return respond(name)
+        return respond(request, name)
 
     app.router.add_get("/", index, name="console")
     app.router.add_get("/console/{name}", asset, name="console-asset")
