@@ -345,6 +345,13 @@ def _kind(kind: str) -> list[dict[str, Any]]:
 K8S_VERSION = "1.30.0"
 
 
+def test_the_prometheus_rule_is_rules_yml() -> None:
+    [rule] = _kind("PrometheusRule")
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    assert rule["spec"] == shipped, "deploy/kubernetes/prometheusrule.yaml is out of date"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/name"] == "vigie"
+
+
 def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     built_in = [(f, d) for f, d in _manifests() if d["apiVersion"] != "monitoring.coreos.com/v1"]
     assert {d["kind"] for _, d in built_in} == {
