@@ -151,6 +151,17 @@ async def test_site_filter_laptop_screen_and_session(browser: Browser, node: Nod
     await page.click("#detail button[data-action=ack]")
     await expect(page.locator("#action-status")).to_contain_text("may not")
 
+    # The sound, when asked for, plays for a new alert (and is remembered).
+    await page.check("#sound")
+    publisher = Publisher(node)
+    try:
+        await asyncio.to_thread(publisher.event, SITE, "autoprot-baie", "tamper", "alarm")
+    finally:
+        await asyncio.to_thread(publisher.close)
+    await expect(page.locator("#alerts .alert.new", has_text="autoprot-baie")).to_be_visible(
+        timeout=15000)
+    assert await page.evaluate("localStorage.getItem('vigie.sound')") == "on"
+
     # The token stays for the tab's session (reload), and logging out forgets it.
     await page.reload()
     await expect(page.locator("#app")).to_be_visible()
