@@ -10,6 +10,8 @@
   const ACTION_FR = {
     opened: "ouverte", repeated: "répétée", acknowledged: "acquittée", resolved: "résolue",
     commented: "commentaire", escalated: "escaladée", reopened: "rouverte",
+    unacknowledged: "acquittement annulé", assigned: "assignée", silenced: "mise en silence",
+    unsilenced: "fin du silence",
   };
   const CAMERA_FR = { ok: "OK", degraded: "dégradée", offline: "hors ligne", unknown: "inconnue" };
   const SNAPSHOT_EVERY = 30000; // ms between refreshes of a visible tile's picture
