@@ -70,7 +70,8 @@ async def test_schemathesis_finds_nothing(node: Node, role: str, tmp_path: Path)
         "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--seed", "20261128",
         "--workers", "1", "--no-color", "--generation-database", "none",
         "--report-dir", str(tmp_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        # Its cache (.schemathesis/) goes to the test's own directory, not the work tree.
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     generated = re.search(r"(\d+) generated", text)
