@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,19 @@ class Received:
     body: list[SensorEvent] | DeviceStatus | DeadLetter
 
 
+def _set_tls(client: paho.Client, config: MqttConfig) -> ssl.SSLContext:
+    """TLS with the configured CA (else the system's) and client certificate, if any."""
+    tls = config.tls
+    context = ssl.create_default_context(
+        cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls is not None and tls.cert_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    client.tls_set_context(context)
+    if tls is not None and not tls.check_hostname:
+        client.tls_insecure_set(True)  # the certificate is still verified against the CA
+    return context
+
+
 class MqttSubscriber:
     def __init__(
         self, config: MqttConfig, client_id: str, router: TopicRouter,
@@ -66,7 +80,9 @@ class MqttSubscriber:
         self._inbox = inbox
         self._metrics = metrics
         self._clock = clock
+        self._read_at = clock()  # when the current read began: the messages' received_at
         self._connected = asyncio.Event()
+        self._accepted = asyncio.Event()  # CONNACK received on the current connection
         self._lost = asyncio.Event()
         self._sock: Any = None
         self._paused = False
@@ -87,10 +103,10 @@ class MqttSubscriber:
         )
         self._client.connect_timeout = CONNECT_TIMEOUT
         if config.username:
+            password = config.secret_password()
             self._client.username_pw_set(
-                config.username, config.password.reveal() if config.password else None)
-        if url.scheme == "mqtts":
-            self._client.tls_set()
+                config.username, password.reveal() if password else None)
+        self._tls = _set_tls(self._client, config) if config.uses_tls else None
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -144,8 +160,13 @@ class MqttSubscriber:
         # then immediate (a blackholed host would otherwise stall everything for seconds).
         infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
         address = str(infos[0][4][0])
-        _, writer = await asyncio.wait_for(asyncio.open_connection(address, self._port),
-                                           CONNECT_TIMEOUT)
+        # Over TLS, the handshake too: a broker vigie cannot trust (or that refuses vigie's
+        # certificate) fails here, on the loop, rather than in paho's blocking handshake,
+        # which would also leave its socket unclosed.
+        tls: dict[str, Any] = (
+            {"ssl": self._tls, "server_hostname": self._host} if self._tls else {})
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, self._port, **tls), CONNECT_TIMEOUT)
         writer.close()
         kwargs: dict[str, Any] = {}
         if self._v5:
@@ -156,8 +177,16 @@ class MqttSubscriber:
             props.ReceiveMaximum = 65_535
             kwargs = {"clean_start": False, "properties": props}
         self._lost.clear()
-        self._client.connect(address, self._port, self._config.keepalive, **kwargs)
-        await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+        self._accepted.clear()
+        # Over TLS the certificate names the host, not its address: paho resolves it again
+        # (answered from the resolver's cache, just filled above).
+        host = self._host if self._config.uses_tls else address
+        self._client.connect(host, self._port, self._config.keepalive, **kwargs)
+        # Only the CONNACK has a deadline. The SUBACK may sit behind a backlog the broker
+        # replays for our session first; if our inbox is full meanwhile, it can take as
+        # long as the database needs, and timing out there would throw the session's
+        # progress away and start the replay over.
+        await asyncio.wait_for(self._accepted.wait(), CONNECT_TIMEOUT)
 
     async def _serve(self) -> None:
         """Keep-alive pings until the connection is lost."""
@@ -215,6 +244,9 @@ class MqttSubscriber:
         self._paused = False
 
     def _readable(self) -> None:
+        # One clock reading per read, not per message: they arrived together (a read takes
+        # milliseconds), and at tens of thousands of messages a second the calls show.
+        self._read_at = self._clock()
         self._client.loop_read(_PACKETS_PER_READ)
         if self._received:
             self._metrics.mqtt_messages.inc(self._received)
@@ -249,6 +281,7 @@ class MqttSubscriber:
         if reason.is_failure:
             log.warning("MQTT broker %s refused the connection: %s", self.endpoint, reason)
             return
+        self._accepted.set()
         self._connections += 1
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
@@ -257,6 +290,10 @@ class MqttSubscriber:
         client.subscribe(topics)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
+        if getattr(flags, "session_present", False):
+            # The broker kept our subscriptions: nothing published from now on is missed,
+            # even before the SUBACK of the re-subscription arrives.
+            self._mark_connected()
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
@@ -265,6 +302,9 @@ class MqttSubscriber:
             log.error("MQTT broker %s refused %d subscription(s): %s", self.endpoint,
                       len(refused), refused[0])
         # Connected means subscribed: from here on, nothing published is missed.
+        self._mark_connected()
+
+    def _mark_connected(self) -> None:
         self._connected.set()
         self._metrics.mqtt_connected.set(1)
 
@@ -280,7 +320,7 @@ class MqttSubscriber:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._received += 1  # counted into the metric once per read, not once per message
-        received_at = self._clock()
+        received_at = self._read_at
         try:
             topic = msg.topic
         except UnicodeDecodeError:  # the spec requires UTF-8; a broken client may not care
