@@ -85,6 +85,10 @@ class Metrics:
         self.camera_worker_restarts = Counter(
             "vigie_camera_worker_restarts", "Camera worker processes restarted",
             ["reason"], registry=r)  # died, hung
+        self.camera_worker_lag = Gauge(
+            "vigie_camera_worker_lag_seconds",
+            "How far behind its one-second reports a camera worker lately was (overload)",
+            ["worker"], registry=r)
         self.cameras_stale = Gauge(
             "vigie_cameras_stale", "Cameras not judged: their worker is late or restarting",
             registry=r)

@@ -104,6 +104,11 @@ def _metric(node: Node, name: str, **labels: str) -> float | None:
     return node.metrics.registry.get_sample_value(name, labels)
 
 
+async def _lagging(node: Node, worker: str) -> bool:
+    lag = _metric(node, "vigie_camera_worker_lag_seconds", worker=worker)
+    return lag is not None and lag >= 1.0
+
+
 def _ts(iso: str) -> float:
     from datetime import datetime
 
@@ -121,6 +126,13 @@ async def test_a_killed_worker_is_restarted_and_its_cameras_carry_on(node: Node)
     assert pid is not None
     mine = _cameras_of(node, 0)
     assert mine and len(mine) < CAMERAS  # the other worker's cameras are the control
+    # A worker held up for two seconds (not yet late): its lag shows, nothing else does.
+    with _resumed_at_exit(pid):
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(2)
+    await eventually(lambda: _lagging(node, "0"), timeout=5)
+    assert {v["state"] for v in _views(node).values()} == {"ok"}
+    assert (_metric(node, "vigie_camera_worker_lag_seconds", worker="1") or 0.0) < 0.5
     killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
     states: dict[str, set[tuple[str, bool]]] = {c: set() for c in _views(node)}

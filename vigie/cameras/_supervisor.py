@@ -300,6 +300,8 @@ class CameraSupervisor:
                                      s.measures))
             self._note_snapshot(state)
         self._metrics.cameras_stale.set(stale)
+        for index, behind in enumerate(lag):
+            self._metrics.camera_worker_lag.labels(str(index)).set(round(behind, 3))
 
     def _fresh_workers(self) -> list[bool]:
         now = time.monotonic()
