@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from vigie.cameras._malloc import release_free_memory, tune_allocator
+from vigie.cameras._malloc import release_free_memory
 from vigie.cameras._stream import CameraSpec, StreamWatcher
 from vigie.logs import setup_logging
 
@@ -24,9 +24,9 @@ __all__ = ["Sample", "worker_main"]
 
 log = logging.getLogger("vigie.cameras")
 
-# Free pages of the allocator's arenas go back to the system this often: connections come
-# and go, and each leaves freed probe buffers behind in the arena of its thread.
-TRIM_EVERY = 30.0
+# Free pages of the allocator's arenas go back to the system this often (see _malloc): every
+# analysis frees a picture, a decoder and the checks' temporaries into its thread's arena.
+TRIM_EVERY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,5 +142,4 @@ def worker_main(conn: Connection, report_every: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Redacted like the node's own logs: stream errors may quote a camera's URL.
     setup_logging("warning", "human", prefix="worker ")
-    tune_allocator()  # before any camera thread gets an arena
     _Worker(conn, report_every).run()
