@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +29,7 @@ from vigie.metrics import Metrics
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
+from vigie.spool import Spool
 from vigie.store import Store
 from vigie.store._sync import sync_config
 
@@ -36,7 +37,9 @@ __all__ = ["Node", "open_store", "running_node"]
 
 log = logging.getLogger("vigie")
 
-DRAIN_SECONDS = 5.0  # on shutdown, to write and acknowledge what was received
+# Of the shutdown budget, what is kept for the steps after the ingest drain (cameras, feed,
+# database): the drain gets the rest.
+AFTER_DRAIN = 0.4
 
 
 @dataclass
@@ -55,9 +58,19 @@ class Node:
     writer: IngestWriter | None = None
     api_url: str = ""
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    db_ok: bool = True
-    db_error: str = ""
     started_at: float = field(default_factory=time.monotonic)
+    stopping_since: float | None = None  # time.monotonic() when shutdown began
+
+    @property
+    def db_ok(self) -> bool:
+        return self.store.available
+
+    def remaining(self) -> float:
+        """Seconds left of the shutdown budget (the whole budget before shutdown)."""
+        budget = self.config.node.shutdown_budget
+        if self.stopping_since is None:
+            return budget
+        return max(0.0, budget - (time.monotonic() - self.stopping_since))
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         """Start a loop the node owns; `stop` cancels it and awaits the cancellation."""
@@ -78,7 +91,8 @@ class Node:
             log.error("loop %s did not stop within %.0fs", t.get_name(), budget)
 
     def readiness(self) -> dict[str, str]:
-        checks = {"database": "ok" if self.db_ok else self.db_error}
+        checks = {"database": "ok" if self.store.available else (
+            f"database unreachable: {self.store.unavailable}")}
         if self.subscriber is not None:
             checks["mqtt"] = "ok" if self.subscriber.connected else (
                 f"not connected to {self.subscriber.endpoint}")
@@ -124,15 +138,18 @@ async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = No
 
 
 async def _ping_forever(node: Node, interval: float = 2.0) -> None:
+    """Notice an outage while nothing else uses the database, and reconnect after one: while
+    the store is marked away, a ping fails at once until its (backed-off, jittered) time to
+    try again, so this loop may run often."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval if node.store.available else 0.25)
         try:
             await asyncio.wait_for(node.store.ping(), timeout=interval)
-            node.db_ok, node.db_error = True, ""
-        except (VigieError, TimeoutError) as exc:
-            node.db_ok = False
-            node.db_error = f"database unreachable: {exc}" if str(exc) else "database timeout"
-        node.metrics.db_up.set(1 if node.db_ok else 0)
+        except TimeoutError:
+            node.store.mark_away(f"no answer within {interval:.0f}s")
+        except VigieError:
+            pass  # the store knows why, and when to try again
+        node.metrics.db_up.set(1 if node.store.available else 0)
 
 
 @asynccontextmanager
@@ -141,10 +158,19 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     assert node.schedule is not None
     rules = RuleBook(config, node.schedule.is_open)
     inbox: Inbox[Received] = Inbox(config.database.write_queue)
+    _measure(node, "ingest", inbox.__len__, inbox.capacity)
     subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
                                 inbox, node.metrics, node.clock)
+    spool: Spool | None = None
+    if config.spool.enabled:
+        spool = await Spool.open(config.node.data_dir / "spool", config.spool.segment_size)
+        node.metrics.spool_limit.set(config.spool.max_size)
+        if spool.pending_messages:
+            log.info("spool: %d message(s) from before the restart, to be replayed",
+                     spool.pending_messages)
     writer = IngestWriter(node.store, inbox, subscriber.ack_many, rules, node.alerts,
-                          node.metrics, config.database.batch_size)
+                          node.metrics, config.database.batch_size, spool=spool,
+                          spool_limit=config.spool.max_size, node=config.node.name)
     node.subscriber, node.writer = subscriber, writer
     silent = await _seed_last_seen(node.store, writer.last_seen)
     heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,
@@ -156,18 +182,22 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Stop reading; write and acknowledge what was received, over the connection that
-        # is still up; then disconnect. Anything else stays at the broker for our session.
+        # Stop reading; write (or spool) and acknowledge what was received, over the
+        # connection that is still up; then disconnect. Anything else stays at the broker
+        # for our session.
         subscriber.pause()
         inbox.close()
         writing = node.tasks.get("ingest-writer")
+        drain = max(0.5, node.remaining() - AFTER_DRAIN * node.config.node.shutdown_budget)
         if writing is not None:
-            done, _ = await asyncio.wait({writing}, timeout=DRAIN_SECONDS)
+            done, _ = await asyncio.wait({writing}, timeout=drain)
             if not done:
-                log.warning("could not write every received message in %ss; the rest was "
-                            "not acknowledged and the broker keeps it", DRAIN_SECONDS)
+                log.warning("could not write every received message in %.1fs; the rest "
+                            "was not acknowledged and the broker keeps it", drain)
         subscriber.stop()
-        await node.stop("mqtt", "ingest-writer", "heartbeat")
+        await node.stop("mqtt", "ingest-writer", "heartbeat", budget=1.0)
+        if spool is not None:
+            await spool.close()
 
 
 async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]
@@ -195,8 +225,8 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await feed.flush(DRAIN_SECONDS)
-        await node.stop("feed")
+        await feed.flush(max(0.1, node.remaining() - 0.5))
+        await node.stop("feed", budget=1.0)
 
 
 @asynccontextmanager
@@ -207,11 +237,16 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
     supervisor.on_state = node.feed.camera_state if node.feed else None
     await supervisor.start()
     node.spawn("cameras", supervisor.run())
+    _measure(node, "camera_history", supervisor.backlog, supervisor.backlog_limit)
     try:
         yield
     finally:
-        await node.stop("cameras")
-        await supervisor.stop()
+        await node.stop("cameras", budget=1.0)
+        try:
+            # Workers are told to stop; what the database has not taken by then is given up.
+            await asyncio.wait_for(supervisor.stop(), max(0.5, node.remaining() - 1.0))
+        except TimeoutError:
+            log.warning("camera supervisor did not stop within the shutdown budget")
 
 
 @asynccontextmanager
@@ -223,7 +258,8 @@ async def _api(node: Node) -> AsyncIterator[None]:
                      feed=node.feed)
     app = make_api(ctx)
     install_stream(app, node.feed)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=min(2.0, config.node.shutdown_budget / 5))
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
     await site.start()
@@ -241,9 +277,12 @@ async def running_node(
     config: Config, *, clock: Clock = utc_now, metrics: Metrics | None = None,
     with_mqtt: bool = True,
 ) -> AsyncIterator[Node]:
-    """Start every component of a node; stop them in reverse order on exit."""
+    """Start every component of a node; stop them in reverse order on exit, within
+    `node.shutdown_budget`, and log one summary line."""
     metrics = metrics or Metrics(config.node.name)
+    started: list[Node] = []
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(_summary, started)  # runs last, after everything stopped
         dsn = await database_dsn(config, stack)
         store = await open_store(config, stack, dsn)
         async with store.connection() as conn:
@@ -253,6 +292,7 @@ async def running_node(
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config))
+        started.append(node)
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
@@ -261,4 +301,31 @@ async def running_node(
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         await stack.enter_async_context(_api(node))
-        yield node
+        try:
+            yield node
+        finally:
+            node.stopping_since = time.monotonic()
+
+
+def _measure(node: Node, queue: str, length: Callable[[], int], capacity: int) -> None:
+    node.metrics.queue_length.labels(queue).set_function(length)
+    node.metrics.queue_capacity.labels(queue).set(capacity)
+
+
+async def _summary(started: list[Node]) -> None:
+    since = started[0].stopping_since if started else None
+    if since is None:
+        return
+    node = started[0]
+    took = time.monotonic() - since
+    parts = [f"stopped in {took:.1f}s (budget {node.config.node.shutdown_budget:.0f}s)"]
+    writer = node.writer
+    if writer is not None:
+        left = len(writer.inbox) + writer.held
+        parts.append(f"{writer.written} event(s) stored, {writer.spooled} message(s) "
+                     f"spooled, {writer.replayed} replayed, {writer.spool_pending} waiting "
+                     f"in the spool, {left} left unacknowledged at the broker")
+    if node.cameras is not None:
+        parts.append(f"{len(node.cameras.cameras)} camera(s) released")
+    (log.info if took <= node.config.node.shutdown_budget else log.warning)(
+        "; ".join(parts))

@@ -50,6 +50,8 @@ __all__ = [
     "OpeningHours",
     "SensorConfig",
     "SiteConfig",
+    "SpoolConfig",
+    "StormConfig",
     "load_config",
     "parse_config",
 ]
@@ -80,6 +82,26 @@ def _duration(value: Any) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _size(value: Any) -> int:
+    """`512MiB`, `2GB`, `64KiB` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512MiB or 2GB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+    else:
+        raise ValueError("expected a size such as 512MiB or 2GB")
+    if size <= 0:
+        raise ValueError("expected a positive size")
+    return size
+
+
 def _slug(value: str) -> str:
     if not _SLUG.match(value):
         raise ValueError("expected a slug: lowercase letters, digits, '-' or '_' (max 63)")
@@ -95,6 +117,7 @@ def _secret(value: Any) -> Secret:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+ByteSize = Annotated[int, BeforeValidator(_size)]
 Slug = Annotated[str, AfterValidator(_slug)]
 SecretStr = Annotated[
     Secret, BeforeValidator(_secret), PlainSerializer(lambda s: "***", return_type=str)
@@ -117,6 +140,8 @@ class NodeConfig(_Model):
     data_dir: Path = Path("./var")
     # Processes decoding and analysing camera streams (None: one per core, at most 8).
     camera_workers: int | None = Field(default=None, ge=1, le=64)
+    # SIGTERM: stop reading, write or spool what was received, stop the loops, within this.
+    shutdown_budget: Duration = 10.0
 
 
 class DatabaseConfig(_Model):
@@ -135,6 +160,15 @@ class DatabaseConfig(_Model):
         if value is not None and not re.match(r"^postgres(ql)?://", value.reveal()):
             raise ValueError("expected postgresql://user[:password]@host[:port]/dbname")
         return value
+
+
+class SpoolConfig(_Model):
+    """Where acknowledged messages wait while PostgreSQL is away (node.data_dir/spool)."""
+
+    enabled: bool = True
+    # At the cap, vigie stops acknowledging: the broker keeps the messages, none is dropped.
+    max_size: ByteSize = 1024**3
+    segment_size: ByteSize = 64 * 1024**2
 
 
 class MqttConfig(_Model):
@@ -503,6 +537,19 @@ def _camera_severities() -> dict[CameraReason, Severity]:
             "blurred": "minor"}
 
 
+class StormConfig(_Model):
+    """A site whose network drops shows all its cameras (or sensors) unreachable at once:
+    one `site_unreachable` alert groups them instead of a page per device."""
+
+    enabled: bool = True
+    # Share of a site's cameras (or of its sensors) unreachable at once.
+    fraction: float = Field(default=0.8, gt=0, le=1)
+    min_sources: int = Field(default=3, ge=1)  # and at least this many of them
+    # Camera offline alerts wait this long before being raised, so that those of one site
+    # going down together are seen together (the camera's state is live meanwhile).
+    window: Duration = 5.0
+
+
 class AlertsConfig(_Model):
     rules: tuple[AlertRule, ...] = DEFAULT_RULES
     # Severity of each camera health reason: covered and moved are likely tampering.
@@ -520,6 +567,7 @@ class AlertsConfig(_Model):
     # Severity of device-health alerts (sensor offline / silent, battery low).
     device_offline_severity: Severity = "major"
     battery_low_severity: Severity = "minor"
+    storm: StormConfig = StormConfig()
 
 
 class LoggingConfig(_Model):
@@ -530,6 +578,7 @@ class LoggingConfig(_Model):
 class Config(_Model):
     node: NodeConfig = NodeConfig()
     database: DatabaseConfig = DatabaseConfig()
+    spool: SpoolConfig = SpoolConfig()
     mqtt: MqttConfig = MqttConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()

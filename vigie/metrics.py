@@ -54,6 +54,32 @@ class Metrics:
         self.db_errors = Counter(
             "vigie_db_errors", "Database operations that failed", ["operation"], registry=r)
         self.db_up = Gauge("vigie_db_up", "1 while the database answers", registry=r)
+        # Reliability: the local spool (PostgreSQL away) and the length of every queue.
+        self.spool_bytes = Gauge(
+            "vigie_spool_bytes", "Bytes in the local spool, waiting for the database",
+            registry=r)
+        self.spool_messages = Gauge(
+            "vigie_spool_messages", "Messages in the local spool, waiting for the database",
+            registry=r)
+        self.spool_limit = Gauge(
+            "vigie_spool_limit_bytes", "The spool's cap: at it, acknowledgements stop",
+            registry=r)
+        self.spool_full = Gauge(
+            "vigie_spool_full", "1 while the spool is at its cap (the broker keeps messages)",
+            registry=r)
+        self.spool_appended = Counter(
+            "vigie_spool_appended_messages", "Messages written to the spool, then acknowledged",
+            registry=r)
+        self.spool_replayed = Counter(
+            "vigie_spool_replayed_messages", "Spooled messages written to the database",
+            registry=r)
+        self.queue_length = Gauge(
+            "vigie_queue_length", "Items waiting in an in-memory queue", ["queue"], registry=r)
+        self.queue_capacity = Gauge(
+            "vigie_queue_capacity", "The bound of an in-memory queue", ["queue"], registry=r)
+        self.site_unreachable = Gauge(
+            "vigie_site_unreachable", "1 while a site is judged unreachable as a whole",
+            ["site"], registry=r)
         self.alerts_open = Gauge(
             "vigie_alerts_open", "Unresolved alerts", ["site", "severity"], registry=r)
         self.alerts_total = Counter(

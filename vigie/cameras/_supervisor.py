@@ -28,6 +28,7 @@ from vigie.cameras._health import CameraHealth, HealthChange
 from vigie.cameras._stream import CameraSpec
 from vigie.cameras._worker import Sample, worker_main
 from vigie.config import CameraChecks, CameraConfig, Config, SiteConfig
+from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
 from vigie.store import Store
 from vigie.store import _alerts as alerts_q
@@ -337,6 +338,14 @@ class CameraSupervisor:
         async with self._store.connection() as conn:
             await cameras_q.save_reference(conn, site, camera, self._clock(), data)
 
+    def backlog(self) -> int:
+        """Database writes waiting (history, alerts): measured, bounded by `backlog_limit`."""
+        return self._pending.qsize()
+
+    @property
+    def backlog_limit(self) -> int:
+        return self._pending.maxsize
+
     def _later(self, work: Callable[[], Any]) -> None:
         """Database work, done in order by `run`, off the judging path."""
         try:
@@ -351,11 +360,17 @@ class CameraSupervisor:
 
     async def _do(self, work: Callable[[], Any]) -> None:
         delay = 0.2
-        for _ in range(5):
+        attempts = 0
+        while attempts < 5:
             try:
                 await work()
                 return
+            except StoreUnavailable:
+                # The database is away: wait for it (the store says when to try again),
+                # in order, so transitions and alerts keep their original timestamps.
+                await asyncio.sleep(0.5)
             except Exception as exc:
+                attempts += 1
                 log.warning("camera history write failed, retrying: %s", exc)
                 await asyncio.sleep(delay)
                 delay *= 2

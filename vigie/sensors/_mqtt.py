@@ -53,6 +53,8 @@ class Received:
     mid: int
     qos: int
     body: list[SensorEvent] | DeviceStatus | DeadLetter
+    # The connection it came on: a packet id means something on that connection only.
+    connection: int = 0
 
 
 class MqttSubscriber:
@@ -190,13 +192,18 @@ class MqttSubscriber:
         costs more than the database write. A PUBACK is four bytes, so the batch goes out
         as one buffer of concatenated PUBACKs (paho only looks at the command of queued
         packets to spot QoS 0 PUBLISHes). QoS 2 messages, rare on sensors, take paho's path.
+
+        Messages received on an earlier connection are not acknowledged: the broker sends
+        them again on this one (persistent session), and their packet ids may by now name
+        other messages, not yet stored. The copy is stored once, by its dedup key.
         """
         if self._sock is None:
             return  # the broker redelivers them to the next session; stored once by key
-        blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in received if r.qos == 1)
+        current = [r for r in received if r.connection == self._connections]
+        blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in current if r.qos == 1)
         if blob:
             self._client._packet_queue(0x40, blob, 0, 1)
-        for r in received:
+        for r in current:
             if r.qos == 2:
                 self._client.ack(r.mid, 2)
 
@@ -295,6 +302,6 @@ class MqttSubscriber:
             log.exception("decoder failed on a message from %s", topic)
             body = DeadLetter(received_at, topic, "internal", type(exc).__name__,
                               bytes(msg.payload))
-        self._inbox.append(Received(msg.mid, msg.qos, body))
+        self._inbox.append(Received(msg.mid, msg.qos, body, self._connections))
         if self._inbox.full:
             self._pause()  # the writer resumes us when it has made room
