@@ -8,9 +8,10 @@ and acknowledged, the loops stop, then the database closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,8 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from vigie.alerts import AlertService, Clock, RuleBook, Schedule, SchoolCalendar, utc_now
+from vigie.alerts import (
+    AlertService,
+    Clock,
+    Decision,
+    RuleBook,
+    Schedule,
+    SchoolCalendar,
+    utc_now,
+)
 from vigie.alerts._feed import Feed
+from vigie.alerts._storms import StormGuard
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
@@ -238,15 +248,29 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
     await supervisor.start()
     node.spawn("cameras", supervisor.run())
     _measure(node, "camera_history", supervisor.backlog, supervisor.backlog_limit)
+    storms = node.alerts.storms
+    if storms is not None:
+        node.spawn("storms", storms.run(_raise_held(node)))
     try:
         yield
     finally:
         await node.stop("cameras", budget=1.0)
         try:
             # Workers are told to stop; what the database has not taken by then is given up.
-            await asyncio.wait_for(supervisor.stop(), max(0.5, node.remaining() - 1.0))
+            await asyncio.wait_for(supervisor.stop(), max(0.5, node.remaining() - 1.5))
         except TimeoutError:
             log.warning("camera supervisor did not stop within the shutdown budget")
+        if storms is not None:
+            await node.stop("storms", budget=0.5)
+            with contextlib.suppress(TimeoutError):  # the cameras are judged again at start
+                await asyncio.wait_for(storms.flush(_raise_held(node), everything=True),
+                                       max(0.1, node.remaining() - 1.0))
+
+
+def _raise_held(node: Node) -> Callable[[list[Decision]], Awaitable[object]]:
+    async def raise_(decisions: list[Decision]) -> object:
+        return await node.alerts.raise_now(decisions, hold=False)
+    return raise_
 
 
 @asynccontextmanager
@@ -289,6 +313,8 @@ async def running_node(
             await sync_config(conn, config)
         metrics.db_up.set(1)
         alerts = AlertService(store, metrics, clock)
+        if config.alerts.storm.enabled:
+            alerts.storms = StormGuard(config, metrics, clock)
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config))

@@ -545,6 +545,7 @@ class StormConfig(_Model):
     # Share of a site's cameras (or of its sensors) unreachable at once.
     fraction: float = Field(default=0.8, gt=0, le=1)
     min_sources: int = Field(default=3, ge=1)  # and at least this many of them
+    severity: Severity = "critical"  # of the site alert: the whole site is blind
     # Camera offline alerts wait this long before being raised, so that those of one site
     # going down together are seen together (the camera's state is live meanwhile).
     window: Duration = 5.0

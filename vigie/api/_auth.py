@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from vigie.errors import StoreUnavailable
 from vigie.store import Store
 from vigie.store._tokens import authenticate
 
@@ -56,8 +57,15 @@ class Authenticator:
         cached = self._cache.get(token)
         if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
-        async with self._store.connection() as conn:
-            info = await authenticate(conn, token, now)
+        try:
+            async with self._store.connection() as conn:
+                info = await authenticate(conn, token, now)
+        except StoreUnavailable:
+            # The database is away: a token it accepted before still opens what the node
+            # can serve from memory (no token can be revoked meanwhile either).
+            if cached:
+                return cached[1]
+            raise
         if info is None:
             self._cache.pop(token, None)
             return None

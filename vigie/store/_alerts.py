@@ -120,6 +120,8 @@ class Alert:
 
 
 _COLUMNS = ", ".join(Alert.__slots__)
+COLUMNS = _COLUMNS  # for the statements of other modules that return alerts
+UNRESOLVED = f"SELECT {_COLUMNS} FROM alerts WHERE state <> 'resolved'"
 
 _UPSERT = f"""
 INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, state, title,

@@ -1,0 +1,234 @@
+"""Alert storms: a site whose network drops is one page, not two hundred.
+
+When a collège's link goes down, every camera of the site goes offline at once (and its
+sensors fall offline or silent, a little later: when the broker gives up on them). Each of
+those alerts is still stored: a technician needs to know which devices were cut off and for
+how long. But they are grouped under one `site_unreachable` alert for the site:
+
+- Grouped alerts are flagged `silenced` (recorded, not notified: the meaning the design
+  gives the flag) and carry `details.grouped_by`, the id of the site alert; their history
+  says `grouped`. The site alert's details count the devices cut off.
+- A site is unreachable when, among its cameras or among its sensors, at least `fraction`
+  of them (and at least `min_sources`) are unreachable at once: camera `offline`, sensor
+  `device_offline` or `device_silent`. It is reachable again below half that share.
+- When the site alert resolves, the grouped alerts still open are un-silenced (history:
+  `ungrouped`), published again, and so notified: those devices stay down on their own.
+- Camera offline alerts wait `window` seconds before they are raised (the cameras' states
+  are live meanwhile): the cameras of one site, going down together, then land in one
+  transaction with the site alert, and none is paged on its own first. One that comes back
+  within the window raises nothing. Sensor alerts are not held (they come with broker
+  messages, acknowledged with their transaction): the first ones of a sensors-only site
+  may be paged before the site alert opens; those after it are grouped at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vigie.alerts._rules import Decision, Raise, Resolve
+from vigie.config import Config, StormConfig
+from vigie.metrics import Metrics
+from vigie.store import _alerts as q
+
+if TYPE_CHECKING:
+    from vigie.alerts._service import AlertChange
+
+Change = tuple[str, q.Alert]  # (action, alert): the service makes them AlertChanges
+__all__ = ["UNREACHABLE", "StormGuard"]
+
+log = logging.getLogger("vigie.alerts")
+
+# Alert kinds that say "this device cannot be reached", by category of device.
+UNREACHABLE = {"offline": "camera", "device_offline": "sensor", "device_silent": "sensor"}
+KIND, SOURCE = "site_unreachable", "network"
+
+_GROUP = f"""
+UPDATE alerts SET silenced = true,
+                  details = details || jsonb_build_object('grouped_by', $2::text)
+WHERE site = $1 AND state <> 'resolved' AND NOT silenced AND kind = ANY($3::text[])
+RETURNING {q.COLUMNS}
+"""
+_UNGROUP = f"""
+UPDATE alerts SET silenced = false, details = details - 'grouped_by'
+WHERE site = $1 AND state <> 'resolved' AND details->>'grouped_by' = $2
+RETURNING {q.COLUMNS}
+"""
+_HISTORY = """
+INSERT INTO alert_history (alert_id, at, actor, action, details)
+SELECT unnest($1::uuid[]), $2, 'vigie', $3, jsonb_build_object('site_alert', $4::text)
+"""
+
+
+@dataclass(slots=True)
+class _Held:
+    raise_: Raise
+    until: float  # time.monotonic()
+
+
+@dataclass(slots=True)
+class _Site:
+    name: str
+    total: dict[str, int]  # devices by category: camera, sensor
+    held: dict[str, _Held] = field(default_factory=dict)  # by fingerprint
+
+
+class StormGuard:
+    """Held camera-offline raises, and the site-level grouping (see the module)."""
+
+    def __init__(self, config: Config, metrics: Metrics,
+                 clock: Callable[[], Any]) -> None:
+        self.config: StormConfig = config.alerts.storm
+        self._metrics = metrics
+        self._clock = clock
+        self._sites = {
+            s.id: _Site(s.name, {"camera": len(s.cameras), "sensor": len(s.sensors)})
+            for s in config.sites}
+
+    # -- holding camera offline raises --------------------------------------------------
+
+    def hold(self, decisions: Sequence[Decision], unresolved: set[str]) -> list[Decision]:
+        """The decisions to apply now; new camera-offline raises are kept for the window,
+        and a resolve of a held one cancels it (it was never raised)."""
+        if self.config.window <= 0:
+            return list(decisions)
+        now = time.monotonic()
+        out: list[Decision] = []
+        for d in decisions:
+            if isinstance(d, Raise):
+                o = d.occurrence
+                site = self._sites.get(o.site)
+                if (site is not None and o.source_type == "camera" and o.kind == "offline"
+                        and o.fingerprint not in unresolved):
+                    held = site.held.get(o.fingerprint)
+                    site.held[o.fingerprint] = _Held(
+                        d, held.until if held else now + self.config.window)
+                    continue
+            elif isinstance(d, Resolve):
+                site_id = d.fingerprint.split("/", 1)[0]
+                site = self._sites.get(site_id)
+                if site is not None and site.held.pop(d.fingerprint, None) is not None:
+                    continue
+            out.append(d)
+        return out
+
+    def due(self, everything: bool = False) -> list[Decision]:
+        """Held raises whose window is over: a site's all together, as soon as its first
+        one is due (or all of them: shutdown)."""
+        now = time.monotonic()
+        out: list[Decision] = []
+        for site in self._sites.values():
+            if site.held and (everything or min(h.until for h in site.held.values()) <= now):
+                out += [h.raise_ for h in site.held.values()]
+                site.held.clear()
+        return out
+
+    @property
+    def holding(self) -> int:
+        return sum(len(s.held) for s in self._sites.values())
+
+    async def run(self, raise_: Callable[[list[Decision]], Awaitable[object]],
+                  every: float = 0.5) -> None:
+        """Raise held decisions when due; kept (due at once) while they cannot be."""
+        while True:
+            await asyncio.sleep(every)
+            await self.flush(raise_)
+
+    async def flush(self, raise_: Callable[[list[Decision]], Awaitable[object]],
+                    everything: bool = False) -> None:
+        due = self.due(everything)
+        if not due:
+            return
+        try:
+            await raise_(due)
+        except Exception as exc:
+            log.warning("cannot raise %d held alert(s) yet: %s", len(due), exc)
+            now = time.monotonic()
+            for d in due:
+                assert isinstance(d, Raise)
+                site = self._sites[d.occurrence.site]
+                site.held.setdefault(d.occurrence.fingerprint, _Held(d, now))
+
+    # -- grouping, in the transaction that applies alert decisions ------------------------
+
+    async def review(self, conn: Any, changes: Sequence[AlertChange],
+                     unresolved: Iterable[q.Alert]) -> list[Change]:
+        """Open or resolve site alerts, group or ungroup device alerts, for the sites these
+        changes touch. `unresolved` is what the node knew before them."""
+        touched = {c.alert.site for c in changes
+                   if c.alert.kind in UNREACHABLE or c.alert.kind == KIND}
+        if not touched:
+            return []
+        view = {a.fingerprint: a for a in unresolved if a.site in touched}
+        for c in changes:
+            if c.alert.site in touched:
+                if c.alert.state == "resolved":
+                    view.pop(c.alert.fingerprint, None)
+                else:
+                    view[c.alert.fingerprint] = c.alert
+        out: list[Change] = []
+        for site_id in sorted(touched):
+            site = self._sites.get(site_id)
+            if site is None:
+                continue
+            alerts = [a for a in view.values() if a.site == site_id]
+            site_alert = next((a for a in alerts if a.kind == KIND), None)
+            down = {cat: {a.source for a in alerts if UNREACHABLE.get(a.kind) == cat}
+                    for cat in ("camera", "sensor")}
+            if site_alert is None and self._unreachable(site, down, self.config.fraction):
+                out += await self._open(conn, site_id, site, down, alerts)
+            elif site_alert is not None and not self._unreachable(
+                    site, down, self.config.fraction / 2):
+                out += await self._close(conn, site_alert)
+            elif site_alert is not None:
+                out += await self._group(conn, site_alert)
+        return out
+
+    def _unreachable(self, site: _Site, down: dict[str, set[str]], fraction: float) -> bool:
+        need = self.config.min_sources
+        return any(
+            site.total[cat] >= need
+            and len(down[cat]) >= max(need, math.ceil(fraction * site.total[cat]))
+            for cat in ("camera", "sensor"))
+
+    async def _open(self, conn: Any, site_id: str, site: _Site, down: dict[str, set[str]],
+                    alerts: list[q.Alert]) -> list[Change]:
+        cams, sens = len(down["camera"]), len(down["sensor"])
+        parts = [f"{cams} of {site.total['camera']} cameras"] if cams else []
+        parts += [f"{sens} of {site.total['sensor']} sensors"] if sens else []
+        since = min(a.opened_at for a in alerts if a.kind in UNREACHABLE)
+        occurrence = q.AlertOccurrence(
+            site=site_id, source=SOURCE, source_type="site", kind=KIND,
+            severity=self.config.severity,
+            title=f"Site unreachable: {site.name} ({', '.join(parts)} cut off)", at=since,
+            details={"cameras_down": cams, "cameras": site.total["camera"],
+                     "sensors_down": sens, "sensors": site.total["sensor"]})
+        [(alert, opened)] = await q.upsert_alerts(conn, [occurrence])
+        self._metrics.site_unreachable.labels(site_id).set(1)
+        return [("opened" if opened else "repeated", alert), *await self._group(conn, alert)]
+
+    async def _group(self, conn: Any, site_alert: q.Alert) -> list[Change]:
+        rows = await conn.fetch(_GROUP, site_alert.site, str(site_alert.id),
+                                sorted(UNREACHABLE))
+        grouped = [q.Alert.from_row(r) for r in rows]
+        if grouped:
+            await conn.execute(_HISTORY, [a.id for a in grouped], self._clock(), "grouped",
+                               str(site_alert.id))
+        return [("grouped", a) for a in grouped]
+
+    async def _close(self, conn: Any, site_alert: q.Alert) -> list[Change]:
+        now = self._clock()
+        resolved = await q.resolve_fingerprints(
+            conn, [(site_alert.fingerprint, now, "site reachable again")])
+        rows = await conn.fetch(_UNGROUP, site_alert.site, str(site_alert.id))
+        ungrouped = [q.Alert.from_row(r) for r in rows]
+        if ungrouped:
+            await conn.execute(_HISTORY, [a.id for a in ungrouped], now, "ungrouped",
+                               str(site_alert.id))
+        self._metrics.site_unreachable.labels(site_alert.site).set(0)
+        return [("resolved", a) for a in resolved] + [("ungrouped", a) for a in ungrouped]
