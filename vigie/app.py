@@ -169,6 +169,7 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     rules = RuleBook(config, node.schedule.is_open)
     inbox: Inbox[Received] = Inbox(config.database.write_queue)
     _measure(node, "ingest", inbox.__len__, inbox.capacity)
+    node.metrics.queue_peak.labels("ingest").set_function(lambda: inbox.peak)
     subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
                                 inbox, node.metrics, node.clock)
     spool: Spool | None = None
@@ -180,7 +181,8 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
                      spool.pending_messages)
     writer = IngestWriter(node.store, inbox, subscriber.ack_many, rules, node.alerts,
                           node.metrics, config.database.batch_size, spool=spool,
-                          spool_limit=config.spool.max_size, node=config.node.name)
+                          spool_limit=config.spool.max_size, node=config.node.name,
+                          replay_batch=config.spool.replay_batch)
     node.subscriber, node.writer = subscriber, writer
     silent = await _seed_last_seen(node.store, writer.last_seen)
     heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,

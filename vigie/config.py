@@ -169,6 +169,7 @@ class SpoolConfig(_Model):
     # At the cap, vigie stops acknowledging: the broker keeps the messages, none is dropped.
     max_size: ByteSize = 1024**3
     segment_size: ByteSize = 64 * 1024**2
+    replay_batch: int = Field(default=5_000, ge=1, le=100_000)  # messages per transaction
 
 
 class MqttConfig(_Model):

@@ -75,6 +75,9 @@ class Metrics:
             registry=r)
         self.queue_length = Gauge(
             "vigie_queue_length", "Items waiting in an in-memory queue", ["queue"], registry=r)
+        self.queue_peak = Gauge(
+            "vigie_queue_peak", "The most items an in-memory queue held since the start",
+            ["queue"], registry=r)
         self.queue_capacity = Gauge(
             "vigie_queue_capacity", "The bound of an in-memory queue", ["queue"], registry=r)
         self.site_unreachable = Gauge(

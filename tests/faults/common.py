@@ -93,3 +93,20 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str,
 
 def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
+
+
+def wait_for_row(dsn: str, sql: str, timeout: float) -> None:
+    """Poll on one connection, every few milliseconds: to act the moment a row appears."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            deadline = time.monotonic() + timeout
+            while not await conn.fetch(sql):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no row from {sql!r} within {timeout}s")
+                await asyncio.sleep(0.002)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

@@ -328,11 +328,13 @@ class LoadPublisher:
             self._thread.join(10)
 
     def wait_acked(self, timeout: float = 60) -> None:
-        """Until the broker has acknowledged everything published."""
+        """Until the broker has acknowledged everything published (all `limit` of them,
+        when there is a limit)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if len(self.acked) >= self.attempted:
+                done = self.limit is None or self.attempted >= self.limit
+                if done and len(self.acked) >= self.attempted:
                     return
             time.sleep(0.05)
         raise AssertionError(f"the broker acknowledged {len(self.acked)} of "

@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.faults.common import SITE, mib, mixed_load, query, site, stored_numbers, wait_until
+from tests.faults.common import (
+    SITE,
+    mib,
+    mixed_load,
+    query,
+    site,
+    stored_numbers,
+    wait_for_row,
+    wait_until,
+)
 from tests.faults.conftest import record
 from tests.faults.harness import LoadPublisher, PgCluster, VigieProcess, write_config
 
@@ -87,7 +96,8 @@ def test_sigkill_mid_replay_applies_each_spooled_message_once(
     pg_cluster: PgCluster, cluster_dsn: str, broker: Mosquitto, data_dir: Path,
     tmp_path: Path,
 ) -> None:
-    vigie = _vigie(tmp_path, cluster_dsn, broker, data_dir)
+    # Small replay transactions: the kill must land between two of them.
+    vigie = _vigie(tmp_path, cluster_dsn, broker, data_dir, spool={"replay_batch": 200})
     events, letters, offline = 40_000, 300, 50
 
     def payload(n: int) -> tuple[str, dict[str, Any] | bytes]:
@@ -109,8 +119,7 @@ def test_sigkill_mid_replay_applies_each_spooled_message_once(
                    "every message in the spool")
         spooled_bytes = vigie.metrics()["vigie_spool_bytes"]
         pg_cluster.start()
-        wait_until(lambda: query(cluster_dsn, "SELECT seq FROM spool_replay"), 60,
-                   "the replay under way", interval=0.01)
+        wait_for_row(cluster_dsn, "SELECT seq FROM spool_replay", 60)  # the replay under way
         vigie.kill()
         segments = list((data_dir / "spool").glob("*.seg"))
         applied_at_kill = len(stored_numbers(cluster_dsn))

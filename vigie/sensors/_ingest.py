@@ -42,7 +42,6 @@ log = logging.getLogger("vigie.sensors")
 Acker = Callable[[Sequence[Received]], None]
 
 RETRY_MIN, RETRY_MAX = 0.25, 5.0  # seconds between attempts at the database
-REPLAY_MESSAGES = 5_000  # messages per replay transaction, at least
 
 _MARK = """
 INSERT INTO spool_replay (epoch, node, seq) VALUES ($1, $2, $3)
@@ -62,6 +61,7 @@ class IngestWriter:
         self, store: Store, inbox: Inbox[Received], ack: Acker, rules: RuleBook,
         alerts: AlertService, metrics: Metrics, batch_size: int,
         spool: Spool | None = None, spool_limit: int = 0, node: str = "",
+        replay_batch: int = 5_000,
     ) -> None:
         self._store = store
         self.inbox = inbox
@@ -72,6 +72,7 @@ class IngestWriter:
         self._batch_size = batch_size
         self.spool = spool
         self._spool_limit = spool_limit
+        self._replay_batch = replay_batch  # messages per replay transaction
         self._node = node
         # When each sensor last spoke, for the heartbeat monitor.
         self.last_seen: dict[tuple[str, str], datetime] = {}
@@ -188,7 +189,7 @@ class IngestWriter:
     async def _replay(self) -> None:
         spool = self.spool
         assert spool is not None
-        records = await spool.read(max(self._batch_size, REPLAY_MESSAGES))
+        records = await spool.read(self._replay_batch)
         if not records:
             return
         try:
