@@ -206,7 +206,7 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
             if not done:
                 log.warning("could not write every received message in %.1fs; the rest "
                             "was not acknowledged and the broker keeps it", drain)
-        subscriber.stop()
+        await subscriber.stop()
         await node.stop("mqtt", "ingest-writer", "heartbeat", budget=1.0)
         if spool is not None:
             await spool.close()
@@ -237,7 +237,8 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await feed.flush(max(0.1, node.remaining() - 0.5))
+        # Away, the database takes nothing: do not spend the budget waiting for it.
+        await feed.flush(max(0.1, node.remaining() - 0.5) if node.store.available else 0.2)
         await node.stop("feed", budget=1.0)
 
 

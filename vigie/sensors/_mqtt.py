@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import struct
@@ -175,15 +176,35 @@ class MqttSubscriber:
         self._held = True
         self._pause()
 
-    def stop(self) -> None:
+    async def stop(self, linger: float = 1.0) -> None:
         """Stop reading, send what is queued (acks) and a DISCONNECT (the session stays at
-        the broker), release the socket. `run` returns after that."""
+        the broker), release the socket. `run` returns after that.
+
+        paho closes its socket as soon as the DISCONNECT is written. With messages we no
+        longer read still in the socket's receive buffer, that close would be a reset, and
+        the broker could drop our last acknowledgements with the connection (then deliver
+        those messages again: a keyless event would be stored twice). So the connection is
+        kept open on a duplicate of the socket, half-closed, and drained until the broker
+        closes it (at most `linger` seconds).
+        """
         self._stopping = True
         self.pause()
-        if self._sock is not None:
+        sock = self._sock
+        if sock is None:
+            self._close_socket()
+            return
+        kept = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
             self._client.disconnect()
-            self._client.loop_write()  # the DISCONNECT, now: no loop turn will come for it
-        self._close_socket()
+            deadline = time.monotonic() + linger
+            self._client.loop_write()  # the acks, then the DISCONNECT (paho closes then)
+            while self._sock is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the send buffer was full: let it drain
+                self._client.loop_write()
+            self._close_socket()
+            await _drain_until_closed(kept, deadline)
+        finally:
+            kept.close()
 
     def ack_many(self, received: Sequence[Received]) -> None:
         """Acknowledge a batch of QoS 1 messages with one write.
@@ -305,3 +326,17 @@ class MqttSubscriber:
         self._inbox.append(Received(msg.mid, msg.qos, body, self._connections))
         if self._inbox.full:
             self._pause()  # the writer resumes us when it has made room
+
+
+async def _drain_until_closed(sock: socket.socket, deadline: float) -> None:
+    """Half-close, then read and drop whatever comes until the peer closes (or time is up),
+    so that closing the socket sends a FIN after our data, not a reset."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            if not await asyncio.wait_for(loop.sock_recv(sock, 65_536), left):
+                return
+    except (OSError, TimeoutError):
+        return

@@ -162,5 +162,7 @@ async def _release(pool: asyncpg.Pool, conn: Any) -> None:
     connection whose server is gone must not replace the caller's own error."""
     try:
         await pool.release(conn)
-    except _UNAVAILABLE as exc:
-        log.debug("releasing a dead connection: %s", exc)
+    except (*_UNAVAILABLE, asyncpg.exceptions.InternalClientError) as exc:
+        # A server shutting down can leave the protocol mid-operation: asyncpg then
+        # refuses the reset (InternalClientError). The connection is dropped either way.
+        log.debug("releasing a dead connection: %r", exc)
