@@ -110,3 +110,14 @@ def wait_for_row(dsn: str, sql: str, timeout: float) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+def stored_when_settled(dsn: str, expected: set[int], timeout: float) -> dict[int, int]:
+    """Stored numbers once `expected` are all there, or as they are after `timeout` (the
+    test's assertions then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        numbers = stored_numbers(dsn)
+        if set(numbers) >= expected or time.monotonic() > deadline:
+            return numbers
+        time.sleep(0.5)

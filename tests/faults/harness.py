@@ -263,7 +263,9 @@ class LoadPublisher:
     attempted: int = 0
     acked: set[int] = field(default_factory=set)
     _mids: dict[int, int] = field(default_factory=dict)
-    _early: set[int] = field(default_factory=set)  # acknowledged before `_mids` knew them
+    # Acknowledged before `_mids` knew them (the broker answered before `publish` returned),
+    # with when: a stale one (a duplicate PUBACK) must not pass for a later reuse of its mid.
+    _early: dict[int, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -288,7 +290,7 @@ class LoadPublisher:
         with self._lock:
             n = self._mids.pop(mid, None)
             if n is None:
-                self._early.add(mid)
+                self._early[mid] = time.monotonic()
             else:
                 self.acked.add(n)
 
@@ -298,8 +300,8 @@ class LoadPublisher:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         info = self.client.publish(topic, raw, qos=1)
         with self._lock:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
+            early = self._early.pop(info.mid, None)
+            if early is not None and time.monotonic() - early < 1.0:
                 self.acked.add(n)
             else:
                 self._mids[info.mid] = n

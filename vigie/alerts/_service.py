@@ -160,13 +160,31 @@ class AlertService:
             changes.extend(AlertChange("resolved", a)
                            for a in await q.resolve_fingerprints(conn, resolves))
         if self.storms is not None and changes:
-            for action, alert in await self.storms.review(conn, changes,
-                                                          self.open_alerts.values()):
-                if action == "opened":
-                    self._unresolved.add(alert.fingerprint)
-                    self._added_since_refresh.add(alert.fingerprint)
-                changes.append(AlertChange(action, alert))
+            changes = await self._group_storms(conn, changes)
         return changes
+
+    async def _group_storms(self, conn: Any, changes: list[AlertChange]
+                            ) -> list[AlertChange]:
+        """Site-level grouping (`StormGuard`). An alert grouped in the transaction that
+        opened it is told as opened, already silenced: no listener ever sees it unsilenced."""
+        assert self.storms is not None
+        grouping = await self.storms.review(conn, changes, self.open_alerts.values())
+        grouped = {alert.id: alert for action, alert in grouping if action == "grouped"}
+        told: set[uuid.UUID] = set()
+        out: list[AlertChange] = []
+        for c in changes:
+            if c.action in ("opened", "repeated") and c.alert.id in grouped:
+                told.add(c.alert.id)
+                out.append(AlertChange(c.action, grouped[c.alert.id], c.actor))
+            else:
+                out.append(c)
+        for action, alert in grouping:
+            if action == "opened":
+                self._unresolved.add(alert.fingerprint)
+                self._added_since_refresh.add(alert.fingerprint)
+            if action != "grouped" or alert.id not in told:
+                out.append(AlertChange(action, alert))
+        return out
 
     async def raise_now(self, decisions: Sequence[Decision], *, hold: bool = True
                         ) -> list[AlertChange]:
