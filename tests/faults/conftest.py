@@ -75,8 +75,13 @@ async def cluster_dsn(pg_cluster: PgCluster) -> AsyncIterator[str]:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A Mosquitto of the test's own, with persistence (restartable on the same port)."""
-    mosquitto = Mosquitto(tmp_path / "mosquitto")
+    """A Mosquitto of the test's own, with persistence (restartable on the same port).
+
+    Started as root, Mosquitto switches to the `mosquitto` user, which cannot write into
+    pytest's private temporary directory: persistence would then fail silently (sessions
+    and queued messages gone at a restart). `user root` keeps it where it can write."""
+    mosquitto = Mosquitto(tmp_path / "mosquitto", extra="user root" if os.geteuid() == 0
+                          else "")
     mosquitto.start()
     yield mosquitto
     mosquitto.stop()

@@ -156,6 +156,8 @@ class VigieProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vigie not ready in {ready_timeout}s:\n{self.log_tail()}")
             time.sleep(0.1)
+        self.peaks = Peaks()  # of this process
+        self._sample_once()
         self._sampling.clear()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -201,21 +203,23 @@ class VigieProcess:
 
     def _sample(self) -> None:
         while not self._sampling.is_set():
-            try:
-                status = Path(f"/proc/{self.pid}/status").read_text()
-                m = re.search(r"VmHWM:\s+(\d+) kB", status)
-                if m:
-                    self.peaks.rss = max(self.peaks.rss, int(m.group(1)) * 1024)
-                m_ = self.metrics()
-                self.peaks.spool_bytes = max(self.peaks.spool_bytes,
-                                             m_.get("vigie_spool_bytes", 0))
-                self.peaks.spool_messages = max(self.peaks.spool_messages,
-                                                m_.get("vigie_spool_messages", 0))
-                self.peaks.ingest_queue = max(
-                    self.peaks.ingest_queue, m_.get('vigie_queue_length{queue="ingest"}', 0))
-            except (OSError, AssertionError, ValueError):
-                pass
+            self._sample_once()
             self._sampling.wait(0.2)
+
+    def _sample_once(self) -> None:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            m = re.search(r"VmHWM:\s+(\d+) kB", status)
+            if m:
+                self.peaks.rss = max(self.peaks.rss, int(m.group(1)) * 1024)
+            metrics = self.metrics()
+        except (OSError, AssertionError, ValueError):
+            return
+        p = self.peaks
+        p.spool_bytes = max(p.spool_bytes, metrics.get("vigie_spool_bytes", 0))
+        p.spool_messages = max(p.spool_messages, metrics.get("vigie_spool_messages", 0))
+        p.ingest_queue = max(p.ingest_queue,
+                             metrics.get('vigie_queue_length{queue="ingest"}', 0))
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

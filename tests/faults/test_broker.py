@@ -78,15 +78,15 @@ def test_a_burst_slows_acknowledgements_and_bounds_memory(
 ) -> None:
     """50,000 events queued at the broker for vigie's session while it is stopped, then
     delivered at once when it starts (as fast as the broker sends), with a write queue of
-    5,000: the queue fills, vigie stops reading, the broker holds the rest; nothing is
-    dropped, memory stays bounded."""
-    capacity, burst = 5_000, 50_000
+    1,000 and small transactions (the database slower than the reader): the queue fills,
+    vigie stops reading, the broker holds the rest; nothing is dropped, memory stays
+    bounded."""
+    capacity, burst = 1_000, 50_000
     config = write_config(tmp_path / "vigie.yaml", dsn=cluster_dsn, mqtt_url=broker.url,
                           data_dir=data_dir, sites=[site()],
-                          database={"write_queue": capacity})
+                          database={"write_queue": capacity, "batch_size": 50})
     vigie = VigieProcess(config, tmp_path / "vigie.log")
-    load = LoadPublisher(broker.url, mixed_load(keyless_every=0), rate=1_000_000,
-                         limit=burst)
+    load = LoadPublisher(broker.url, mixed_load(), rate=1_000_000, limit=burst)
     try:
         vigie.start()  # its persistent session now exists at the broker
         vigie.stop()
@@ -106,7 +106,7 @@ def test_a_burst_slows_acknowledgements_and_bounds_memory(
     peak = metrics['vigie_queue_peak{queue="ingest"}']
     assert capacity <= peak <= capacity + 256, peak  # it did fill: the burst was a burst
     # Memory: what the bounded queue holds, not the burst (50,000 decoded events held at
-    # once take about 35 MiB of Python objects; 5,000 about a tenth of that).
+    # once take about 35 MiB of Python objects; 1,000 a fiftieth of that).
     growth = vigie.peaks.rss - rss_start
     assert growth < 30 * 2**20, mib(growth)
     record("burst", events=burst, stored_in_s=round(stored_in, 1),
