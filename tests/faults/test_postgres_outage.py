@@ -127,3 +127,44 @@ def test_postgres_down_for_a_minute_under_load_loses_and_duplicates_nothing(
            duplicated=len(twice), spooled=int(metrics["vigie_spool_appended_messages_total"]),
            recovery_s=round(recovery, 1), peak_spool=mib(vigie.peaks.spool_bytes),
            peak_rss=mib(vigie.peaks.rss), site=SITE)
+
+
+def test_a_full_spool_stops_acknowledgements_and_drops_nothing(
+    pg_cluster: PgCluster, cluster_dsn: str, broker: Mosquitto, data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """At `spool.max_size` vigie acknowledges nothing more: the broker keeps the rest for
+    its session, and everything arrives once the database is back."""
+    cap, total = 256 * 1024, 8_000
+    config = write_config(tmp_path / "vigie.yaml", dsn=cluster_dsn, mqtt_url=broker.url,
+                          data_dir=data_dir, sites=[site()],
+                          spool={"max_size": f"{cap // 1024}KiB"})
+    vigie = VigieProcess(config, tmp_path / "vigie.log")
+    load = LoadPublisher(broker.url, mixed_load(), rate=2_000, limit=total)
+    try:
+        vigie.start()
+        pg_cluster.stop("fast")
+        load.start()
+        load.wait_acked(60)
+        wait_until(lambda: vigie.metrics().get("vigie_spool_full") == 1, 30, "spool full")
+        full = vigie.metrics()
+        time.sleep(2)
+        still = vigie.metrics()
+        pg_cluster.start()
+        numbers = wait_until(lambda: (s := stored_numbers(cluster_dsn)) and len(s) >= total
+                             and s, 120, "everything stored")
+        after = vigie.metrics()
+    finally:
+        load.close()
+        vigie.stop()
+    # At the cap: the spool holds no more than the cap (plus the record that reached it),
+    # and stays there: nothing more was acknowledged from it.
+    assert full["vigie_spool_bytes"] <= cap
+    assert still["vigie_spool_appended_messages_total"] == full[
+        "vigie_spool_appended_messages_total"]
+    assert full["vigie_spool_messages"] < total  # the rest stayed at the broker
+    assert set(numbers) == set(range(total)) and max(numbers.values()) == 1
+    assert after["vigie_spool_full"] == 0
+    record("spool_cap", cap=mib(cap), published=total,
+           spooled_at_cap=int(full["vigie_spool_messages"]),
+           held_at_broker=total - int(full["vigie_spool_messages"]), stored=len(numbers))
