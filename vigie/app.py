@@ -21,11 +21,13 @@ from aiohttp import web
 
 from vigie.alerts import (
     AlertService,
+    AlertTimers,
     Clock,
     Decision,
     RuleBook,
     Schedule,
     SchoolCalendar,
+    escalation_by_severity,
     utc_now,
 )
 from vigie.alerts._feed import Feed
@@ -34,6 +36,7 @@ from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
 from vigie.config import Config
+from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
@@ -41,6 +44,7 @@ from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
 from vigie.spool import Spool
 from vigie.store import Store
+from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
 
 __all__ = ["Node", "open_store", "running_node"]
@@ -135,13 +139,14 @@ def load_schedule(config: Config) -> Schedule:
     return Schedule(config.sites, SchoolCalendar.load(path) if path is not None else None)
 
 
-async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None) -> Store:
+async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None,
+                     on_progress: MigrationProgress | None = None) -> Store:
     """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
     dsn = dsn or await database_dsn(config, stack)
     store = await Store.open(dsn, size=config.database.pool_size,
                              timeout=config.database.connect_timeout)
     stack.push_async_callback(store.close)
-    applied = await store.migrate()
+    applied = await store.migrate(on_progress)
     if applied:
         log.info("database schema migrated (%d migration(s))", applied)
     return store
@@ -285,6 +290,7 @@ async def _api(node: Node) -> AsyncIterator[None]:
                      feed=node.feed)
     app = make_api(ctx)
     install_stream(app, node.feed)
+    install_console(app)
     runner = web.AppRunner(app, access_log=None,
                            shutdown_timeout=min(2.0, config.node.shutdown_budget / 5))
     await runner.setup()
@@ -315,7 +321,7 @@ async def running_node(
         async with store.connection() as conn:
             await sync_config(conn, config)
         metrics.db_up.set(1)
-        alerts = AlertService(store, metrics, clock)
+        alerts = AlertService(store, metrics, clock, escalation_by_severity(config))
         if config.alerts.storm.enabled:
             alerts.storms = StormGuard(config, metrics, clock)
         await alerts.refresh()
@@ -329,6 +335,9 @@ async def running_node(
         await stack.enter_async_context(_cameras(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
+        # After every listener subscribed (the feed): the first tick may publish at once.
+        node.spawn("alert-timers", AlertTimers(alerts).run())
+        stack.push_async_callback(node.stop, "alert-timers")
         await stack.enter_async_context(_api(node))
         try:
             yield node

@@ -173,7 +173,7 @@ async def test_a_site_whose_network_drops_pages_once(
         assert pages.of(CUT) == down_pages  # nothing opened on the way back either
         # Devices still down when the site alert resolved are released and notified on
         # their own (the stragglers of a recovery, seconds apart).
-        released = [c for c in pages.changes if c.action == "ungrouped"]
+        released = [c for c in pages.changes if c.action == "unsilenced"]
     record("site_network_loss", cameras_cut=12, devices_cut=6, alerts_stored=19,
            pages=len(down_pages), released_on_recovery=len(released))
 

@@ -39,7 +39,9 @@ from vigie.store import _alerts as q
 if TYPE_CHECKING:
     from vigie.alerts._service import AlertChange
 
-Change = tuple[str, q.Alert]  # (action, alert): the service makes them AlertChanges
+# (action, alert): the service makes them AlertChanges. Grouping is told in the workflow's
+# words: `silenced` (grouped), `unsilenced` (released); the history says grouped/ungrouped.
+Change = tuple[str, q.Alert]
 __all__ = ["UNREACHABLE", "StormGuard"]
 
 log = logging.getLogger("vigie.alerts")
@@ -48,16 +50,26 @@ log = logging.getLogger("vigie.alerts")
 UNREACHABLE = {"offline": "camera", "device_offline": "sensor", "device_silent": "sensor"}
 KIND, SOURCE = "site_unreachable", "network"
 
+# Grouped: silenced (notifiers leave silenced alerts out) and not escalated meanwhile.
 _GROUP = f"""
-UPDATE alerts SET silenced = true,
+UPDATE alerts SET silenced = true, next_escalation_at = NULL,
                   details = details || jsonb_build_object('grouped_by', $2::text)
 WHERE site = $1 AND state <> 'resolved' AND NOT silenced AND kind = ANY($3::text[])
 RETURNING {q.COLUMNS}
 """
+# Released: out of the group, and out of silence unless a maintenance window covers it;
+# like an alert out of its silence, it is news again and its escalation starts over.
 _UNGROUP = f"""
-UPDATE alerts SET silenced = false, details = details - 'grouped_by'
-WHERE site = $1 AND state <> 'resolved' AND details->>'grouped_by' = $2
-RETURNING {q.COLUMNS}
+UPDATE alerts a SET details = a.details - 'grouped_by',
+    silenced = {q.silence_matches("a", "$3")},
+    escalations_left = CASE WHEN {q.silence_matches("a", "$3")} THEN a.escalations_left
+                            ELSE a.escalate_max END,
+    next_escalation_at = CASE WHEN {q.silence_matches("a", "$3")} THEN NULL
+                              WHEN a.state = 'open' AND a.escalate_after IS NOT NULL
+                                   AND a.escalate_max > 0
+                              THEN $3 + a.escalate_after END
+WHERE a.site = $1 AND a.state <> 'resolved' AND a.details->>'grouped_by' = $2
+RETURNING {", ".join("a." + c for c in q.Alert.__slots__)}
 """
 _HISTORY = """
 INSERT INTO alert_history (alert_id, at, actor, action, details)
@@ -219,16 +231,18 @@ class StormGuard:
         if grouped:
             await conn.execute(_HISTORY, [a.id for a in grouped], self._clock(), "grouped",
                                str(site_alert.id))
-        return [("grouped", a) for a in grouped]
+        return [("silenced", a) for a in grouped]
 
     async def _close(self, conn: Any, site_alert: q.Alert) -> list[Change]:
         now = self._clock()
         resolved = await q.resolve_fingerprints(
             conn, [(site_alert.fingerprint, now, "site reachable again")])
-        rows = await conn.fetch(_UNGROUP, site_alert.site, str(site_alert.id))
+        rows = await conn.fetch(_UNGROUP, site_alert.site, str(site_alert.id), now)
         ungrouped = [q.Alert.from_row(r) for r in rows]
         if ungrouped:
             await conn.execute(_HISTORY, [a.id for a in ungrouped], now, "ungrouped",
                                str(site_alert.id))
         self._metrics.site_unreachable.labels(site_alert.site).set(0)
-        return [("resolved", a) for a in resolved] + [("ungrouped", a) for a in ungrouped]
+        # One still in a maintenance window stays silenced: nothing new to tell of it.
+        return [("resolved", a) for a in resolved] + [
+            ("unsilenced", a) for a in ungrouped if not a.silenced]
