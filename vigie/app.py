@@ -258,6 +258,11 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
     _measure(node, "camera_history", supervisor.backlog, supervisor.backlog_limit)
     storms = node.alerts.storms
     if storms is not None:
+        by_site: dict[str, list[Any]] = {}
+        for state in supervisor.cameras.values():
+            by_site.setdefault(state.site.id, []).append(state)
+        storms.cameras_offline = lambda site: {
+            s.camera.id for s in by_site.get(site, ()) if s.health.state == "offline"}
         node.spawn("storms", storms.run(_raise_held(node)))
     try:
         yield

@@ -13,11 +13,13 @@ how long. But they are grouped under one `site_unreachable` alert for the site:
   `device_offline` or `device_silent`. It is reachable again below half that share.
 - When the site alert resolves, the grouped alerts still open are un-silenced (history:
   `ungrouped`), published again, and so notified: those devices stay down on their own.
-- Camera offline alerts wait `window` seconds before they are raised (the cameras' states
-  are live meanwhile): the cameras of one site, going down together, then land in one
-  transaction with the site alert, and none is paged on its own first. One that comes back
-  within the window raises nothing. Sensor alerts are not held (they come with broker
-  messages, acknowledged with their transaction): the first ones of a sensors-only site
+- The cameras of a site are judged together, every second, before their alerts are
+  applied one by one: the site alert opens with the first of them, and each is grouped as
+  it is stored; none is paged on its own. When only part of a site's cameras are down
+  (half the share or more), their offline alerts wait up to `window` seconds for the rest
+  (judged a second later, say): a storm forming. Otherwise, a camera offline is raised at
+  once, like any alert. Sensor alerts are never held (they come with broker messages,
+  acknowledged with their transaction): the first ones of a site whose cameras are fine
   may be paged before the site alert opens; those after it are grouped at once.
 """
 
@@ -101,12 +103,32 @@ class StormGuard:
         self._sites = {
             s.id: _Site(s.name, {"camera": len(s.cameras), "sensor": len(s.sensors)})
             for s in config.sites}
+        # The site's cameras offline right now, as the camera supervisor judges them (set
+        # by the node once its cameras are watched): a site's cameras are all judged in the
+        # same second, before their alerts are applied one by one.
+        self.cameras_offline: Callable[[str], set[str]] = lambda site: set()
+
+    def _need(self, total: int, fraction: float) -> int:
+        return max(self.config.min_sources, math.ceil(fraction * total))
+
+    def _storm_state(self, site_id: str) -> str:
+        """`storm` (the site's cameras make one now), `forming` (enough of them are down for
+        the rest to follow within a second or two), or `calm`."""
+        total = self._sites[site_id].total["camera"]
+        if total < self.config.min_sources:
+            return "calm"  # not a site with two cameras
+        down = len(self.cameras_offline(site_id))
+        if down >= self._need(total, self.config.fraction):
+            return "storm"
+        return "forming" if down >= self._need(total, self.config.fraction / 2) else "calm"
 
     # -- holding camera offline raises --------------------------------------------------
 
     def hold(self, decisions: Sequence[Decision], unresolved: set[str]) -> list[Decision]:
-        """The decisions to apply now; new camera-offline raises are kept for the window,
-        and a resolve of a held one cancels it (it was never raised)."""
+        """The decisions to apply now. A new camera-offline raise waits (up to `window`)
+        while its site's storm is forming: the rest of its cameras are about to be judged,
+        and they will land together with the site alert. A resolve of a held raise cancels
+        it (it was never raised)."""
         if self.config.window <= 0:
             return list(decisions)
         now = time.monotonic()
@@ -116,7 +138,9 @@ class StormGuard:
                 o = d.occurrence
                 site = self._sites.get(o.site)
                 if (site is not None and o.source_type == "camera" and o.kind == "offline"
-                        and o.fingerprint not in unresolved):
+                        and o.fingerprint not in unresolved
+                        and (o.fingerprint in site.held
+                             or self._storm_state(o.site) == "forming")):
                     held = site.held.get(o.fingerprint)
                     site.held[o.fingerprint] = _Held(
                         d, held.until if held else now + self.config.window)
@@ -130,12 +154,13 @@ class StormGuard:
         return out
 
     def due(self, everything: bool = False) -> list[Decision]:
-        """Held raises whose window is over: a site's all together, as soon as its first
-        one is due (or all of them: shutdown)."""
+        """Held raises to apply now, a site's all together: its window is over, or the
+        storm has formed (or faded)."""
         now = time.monotonic()
         out: list[Decision] = []
-        for site in self._sites.values():
-            if site.held and (everything or min(h.until for h in site.held.values()) <= now):
+        for site_id, site in self._sites.items():
+            if site.held and (everything or self._storm_state(site_id) != "forming"
+                              or min(h.until for h in site.held.values()) <= now):
                 out += [h.raise_ for h in site.held.values()]
                 site.held.clear()
         return out
@@ -192,6 +217,7 @@ class StormGuard:
             site_alert = next((a for a in alerts if a.kind == KIND), None)
             down = {cat: {a.source for a in alerts if UNREACHABLE.get(a.kind) == cat}
                     for cat in ("camera", "sensor")}
+            down["camera"] |= self.cameras_offline(site_id)  # judged, maybe not yet raised
             if site_alert is None and self._unreachable(site, down, self.config.fraction):
                 out += await self._open(conn, site_id, site, down, alerts)
             elif site_alert is not None and not self._unreachable(
@@ -202,10 +228,9 @@ class StormGuard:
         return out
 
     def _unreachable(self, site: _Site, down: dict[str, set[str]], fraction: float) -> bool:
-        need = self.config.min_sources
         return any(
-            site.total[cat] >= need
-            and len(down[cat]) >= max(need, math.ceil(fraction * site.total[cat]))
+            site.total[cat] >= self.config.min_sources
+            and len(down[cat]) >= self._need(site.total[cat], fraction)
             for cat in ("camera", "sensor"))
 
     async def _open(self, conn: Any, site_id: str, site: _Site, down: dict[str, set[str]],
@@ -213,7 +238,8 @@ class StormGuard:
         cams, sens = len(down["camera"]), len(down["sensor"])
         parts = [f"{cams} of {site.total['camera']} cameras"] if cams else []
         parts += [f"{sens} of {site.total['sensor']} sensors"] if sens else []
-        since = min(a.opened_at for a in alerts if a.kind in UNREACHABLE)
+        since = min((a.opened_at for a in alerts if a.kind in UNREACHABLE),
+                    default=self._clock())
         occurrence = q.AlertOccurrence(
             site=site_id, source=SOURCE, source_type="site", kind=KIND,
             severity=self.config.severity,
