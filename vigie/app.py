@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from vigie.alerts import (
+    AlertChange,
     AlertService,
     AlertTimers,
     Clock,
@@ -263,7 +264,7 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
             by_site.setdefault(state.site.id, []).append(state)
         storms.cameras_offline = lambda site: {
             s.camera.id for s in by_site.get(site, ()) if s.health.state == "offline"}
-        node.spawn("storms", storms.run(_raise_held(node)))
+        node.spawn("storms", storms.run(_raise_held(node), _release_grouped(node)))
     try:
         yield
     finally:
@@ -278,6 +279,17 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
             with contextlib.suppress(TimeoutError):  # the cameras are judged again at start
                 await asyncio.wait_for(storms.flush(_raise_held(node), everything=True),
                                        max(0.1, node.remaining() - 1.0))
+
+
+def _release_grouped(node: Node) -> Callable[[], Awaitable[object]]:
+    async def release() -> object:
+        storms = node.alerts.storms
+        assert storms is not None
+        async with node.store.transaction() as conn:
+            released = await storms.release(conn)
+        node.alerts.publish([AlertChange(action, alert) for action, alert in released])
+        return released
+    return release
 
 
 def _raise_held(node: Node) -> Callable[[list[Decision]], Awaitable[object]]:

@@ -573,6 +573,9 @@ class StormConfig(_Model):
     # Camera offline alerts wait this long before being raised, so that those of one site
     # going down together are seen together (the camera's state is live meanwhile).
     window: Duration = 5.0
+    # Devices still down this long after their site came back are released from the group
+    # (un-silenced: notified on their own); those back within it are never paged.
+    release_after: Duration = 60.0
 
 
 class AlertsConfig(_Model):

@@ -11,8 +11,11 @@ how long. But they are grouped under one `site_unreachable` alert for the site:
 - A site is unreachable when, among its cameras or among its sensors, at least `fraction`
   of them (and at least `min_sources`) are unreachable at once: camera `offline`, sensor
   `device_offline` or `device_silent`. It is reachable again below half that share.
-- When the site alert resolves, the grouped alerts still open are un-silenced (history:
-  `ungrouped`), published again, and so notified: those devices stay down on their own.
+- When the site is back (below half that share), the site alert resolves. Its devices
+  come back over the next seconds (a camera reconnects, a device says it is online) and
+  their alerts resolve, still grouped. Those still down `release_after` (60 s) later are
+  released: un-silenced (history: `ungrouped`), published again, so notified, since they
+  are down on their own.
 - The cameras of a site are judged together, every second, before their alerts are
   applied one by one: the site alert opens with the first of them, and each is grouped as
   it is stored; none is paged on its own. When only part of a site's cameras are down
@@ -31,6 +34,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from vigie.alerts._rules import Decision, Raise, Resolve
@@ -56,22 +60,36 @@ KIND, SOURCE = "site_unreachable", "network"
 _GROUP = f"""
 UPDATE alerts SET silenced = true, next_escalation_at = NULL,
                   details = details || jsonb_build_object('grouped_by', $2::text)
-WHERE site = $1 AND state <> 'resolved' AND NOT silenced AND kind = ANY($3::text[])
+WHERE site = $1 AND state <> 'resolved' AND kind = ANY($3::text[])
+  -- not silenced, or grouped under an earlier site alert of the site (not yet released)
+  AND (NOT silenced OR details->>'grouped_by' IS DISTINCT FROM NULL)
+  AND details->>'grouped_by' IS DISTINCT FROM $2
 RETURNING {q.COLUMNS}
 """
 # Released: out of the group, and out of silence unless a maintenance window covers it;
 # like an alert out of its silence, it is news again and its escalation starts over.
 _UNGROUP = f"""
+WITH due AS (
+    SELECT a.id, s.id AS site_alert FROM alerts a JOIN alerts s
+        ON s.id::text = a.details->>'grouped_by'
+    WHERE a.silenced AND a.state <> 'resolved' AND a.details ? 'grouped_by'
+      AND s.state = 'resolved' AND s.resolved_at <= $1
+    FOR UPDATE OF a SKIP LOCKED)
 UPDATE alerts a SET details = a.details - 'grouped_by',
-    silenced = {q.silence_matches("a", "$3")},
-    escalations_left = CASE WHEN {q.silence_matches("a", "$3")} THEN a.escalations_left
+    silenced = {q.silence_matches("a", "$2")},
+    escalations_left = CASE WHEN {q.silence_matches("a", "$2")} THEN a.escalations_left
                             ELSE a.escalate_max END,
-    next_escalation_at = CASE WHEN {q.silence_matches("a", "$3")} THEN NULL
+    next_escalation_at = CASE WHEN {q.silence_matches("a", "$2")} THEN NULL
                               WHEN a.state = 'open' AND a.escalate_after IS NOT NULL
                                    AND a.escalate_max > 0
-                              THEN $3 + a.escalate_after END
-WHERE a.site = $1 AND a.state <> 'resolved' AND a.details->>'grouped_by' = $2
-RETURNING {", ".join("a." + c for c in q.Alert.__slots__)}
+                              THEN $2 + a.escalate_after END
+FROM due WHERE a.id = due.id
+RETURNING {", ".join("a." + c for c in q.Alert.__slots__)}, due.site_alert
+"""
+_HISTORY_EACH = """
+INSERT INTO alert_history (alert_id, at, actor, action, details)
+SELECT u.id, $2, 'vigie', $3, jsonb_build_object('site_alert', u.site_alert)
+FROM unnest($1::uuid[], $4::text[]) AS u(id, site_alert)
 """
 _HISTORY = """
 INSERT INTO alert_history (alert_id, at, actor, action, details)
@@ -170,11 +188,20 @@ class StormGuard:
         return sum(len(s.held) for s in self._sites.values())
 
     async def run(self, raise_: Callable[[list[Decision]], Awaitable[object]],
-                  every: float = 0.5) -> None:
-        """Raise held decisions when due; kept (due at once) while they cannot be."""
+                  release: Callable[[], Awaitable[object]], every: float = 0.5,
+                  release_every: float = 5.0) -> None:
+        """Raise held decisions when due (kept, due at once, while they cannot be); release
+        the alerts of sites back for `release_after`."""
+        released_at = time.monotonic()
         while True:
             await asyncio.sleep(every)
             await self.flush(raise_)
+            if time.monotonic() - released_at >= release_every:
+                released_at = time.monotonic()
+                try:
+                    await release()
+                except Exception as exc:  # the database may be away: next time
+                    log.warning("cannot release grouped alerts yet: %s", exc)
 
     async def flush(self, raise_: Callable[[list[Decision]], Awaitable[object]],
                     everything: bool = False) -> None:
@@ -260,15 +287,23 @@ class StormGuard:
         return [("silenced", a) for a in grouped]
 
     async def _close(self, conn: Any, site_alert: q.Alert) -> list[Change]:
-        now = self._clock()
+        """The site is back: its alert resolves. Its devices' alerts stay grouped while
+        they recover (a camera reconnects some seconds after its network): `release`
+        lets the ones still down go after `release_after`."""
         resolved = await q.resolve_fingerprints(
-            conn, [(site_alert.fingerprint, now, "site reachable again")])
-        rows = await conn.fetch(_UNGROUP, site_alert.site, str(site_alert.id), now)
-        ungrouped = [q.Alert.from_row(r) for r in rows]
-        if ungrouped:
-            await conn.execute(_HISTORY, [a.id for a in ungrouped], now, "ungrouped",
-                               str(site_alert.id))
+            conn, [(site_alert.fingerprint, self._clock(), "site reachable again")])
         self._metrics.site_unreachable.labels(site_alert.site).set(0)
-        # One still in a maintenance window stays silenced: nothing new to tell of it.
-        return [("resolved", a) for a in resolved] + [
-            ("unsilenced", a) for a in ungrouped if not a.silenced]
+        return [("resolved", a) for a in resolved]
+
+    async def release(self, conn: Any) -> list[Change]:
+        """Un-group the alerts still unresolved `release_after` their site alert resolved:
+        those devices are down on their own (notified now, unless a maintenance window
+        covers them: then they stay silenced, and nothing is told)."""
+        now = self._clock()
+        rows = await conn.fetch(_UNGROUP, now - timedelta(seconds=self.config.release_after),
+                                now)
+        released = [q.Alert.from_row(r) for r in rows]
+        if released:
+            await conn.execute(_HISTORY_EACH, [a.id for a in released], now, "ungrouped",
+                               [str(r["site_alert"]) for r in rows])
+        return [("unsilenced", a) for a in released if not a.silenced]
