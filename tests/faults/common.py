@@ -18,14 +18,15 @@ TECHNICAL = 10
 
 
 def site(cameras: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-    """A collège with technical sensors and doors (and the given cameras)."""
+    """A collège with technical sensors, doors, an intrusion panel (and the given cameras)."""
     return {
         "id": SITE, "name": "Collège des pannes", "uai": "0789997X",
         "cameras": [{"id": cid, "name": cid, "zone": "entree", "url": url}
                     for cid, url in (cameras or {}).items()],
         "sensors": [{"id": f"tech-{i}", "kind": "technical", "zone": "baie"}
                     for i in range(TECHNICAL)]
-        + [{"id": f"porte-{i}", "kind": "door", "zone": "entree"} for i in range(DOORS)],
+        + [{"id": f"porte-{i}", "kind": "door", "zone": "entree"} for i in range(DOORS)]
+        + [{"id": "centrale", "kind": "intrusion", "zone": "batiment"}],
         **extra,
     }
 

@@ -217,6 +217,8 @@ class IngestWriter:
             self._failed(exc, outage=False)
             return
         await spool.confirm()
+        if spool.pending_bytes < self._spool_limit:
+            self._metrics.spool_full.set(0)  # room again
         self._succeeded()
         messages = sum(r.messages for r in records)
         self.replayed += messages
