@@ -37,6 +37,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # The protocol confused by a server going away mid-query (PostgreSQL stopped under load).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -162,7 +164,7 @@ async def _release(pool: asyncpg.Pool, conn: Any) -> None:
     connection whose server is gone must not replace the caller's own error."""
     try:
         await pool.release(conn)
-    except (*_UNAVAILABLE, asyncpg.exceptions.InternalClientError) as exc:
+    except _UNAVAILABLE as exc:
         # A server shutting down can leave the protocol mid-operation: asyncpg then
         # refuses the reset (InternalClientError). The connection is dropped either way.
         log.debug("releasing a dead connection: %r", exc)
