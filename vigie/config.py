@@ -29,6 +29,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -42,6 +43,7 @@ __all__ = [
     "AlertRule",
     "ApiConfig",
     "CameraConfig",
+    "ClusterConfig",
     "Config",
     "DatabaseConfig",
     "LoggingConfig",
@@ -148,6 +150,9 @@ class MqttConfig(_Model):
     session_expiry: Duration = 86_400.0
     max_payload: int = Field(default=65_536, ge=256, le=16_777_216)
     protocol: Literal["3.1.1", "5"] = "5"
+    # MQTT 5 shared subscriptions: subscribe to $share/<group>/<filter>, so that the nodes
+    # of a cluster split the sensor traffic (default with cluster.enabled: "vigie").
+    shared_group: str | None = Field(default=None, pattern=r"^[^/+#$]{1,64}$")
 
     @field_validator("url")
     @classmethod
@@ -522,6 +527,27 @@ class AlertsConfig(_Model):
     battery_low_severity: Severity = "minor"
 
 
+class ClusterConfig(_Model):
+    """Several nodes on one database and one broker (vigie.cluster)."""
+
+    # Off: this node watches every camera and subscribes to every topic, as a lone node.
+    enabled: bool = False
+    # A node that stops renewing (dead, or cut from the database) loses its cameras after
+    # this long; the others take them over within it plus `interval`.
+    lease_seconds: Duration = Field(default=15.0, ge=1.0, le=600.0)
+    # How often a node looks for free cameras and handovers (one check interval).
+    interval: Duration = Field(default=1.0, ge=0.1, le=60.0)
+    # Cameras a node may take beyond its fair share (cameras / live nodes) when some are free.
+    margin: int = Field(default=2, ge=0, le=1000)
+    # Cameras one node hands over at a time when another joins (each is watched by the new
+    # node before the old one lets go).
+    handover_step: int = Field(default=10, ge=1, le=10_000)
+    # Sensor traffic: "shared" (MQTT 5 shared subscriptions, group mqtt.shared_group or
+    # "vigie"), or "elected" for brokers without them: one node, elected through a
+    # PostgreSQL advisory lock, subscribes (with one client id, so its session follows).
+    mqtt: Literal["shared", "elected"] = "shared"
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["human", "json"] = "human"
@@ -532,6 +558,7 @@ class Config(_Model):
     database: DatabaseConfig = DatabaseConfig()
     mqtt: MqttConfig = MqttConfig()
     api: ApiConfig = ApiConfig()
+    cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     defaults: Defaults = Defaults()
     alerts: AlertsConfig = AlertsConfig()
@@ -541,6 +568,13 @@ class Config(_Model):
         tuple[SiteConfig, ...],
         _unique(lambda items: _duplicate_ids("site", items), _duplicate_topics),
     ] = ()
+
+    @model_validator(mode="after")
+    def _one_way_to_spread_sensors(self) -> Config:
+        if self.cluster.enabled and self.cluster.mqtt == "elected" and self.mqtt.shared_group:
+            raise ValueError("cluster.mqtt: elected (one node subscribes) and "
+                             "mqtt.shared_group (every node subscribes) exclude each other")
+        return self
 
     def site(self, site_id: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.id == site_id), None)
