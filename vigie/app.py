@@ -8,6 +8,7 @@ and acknowledged, the loops stop, then the database closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -23,7 +24,8 @@ from vigie.alerts._feed import Feed
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
-from vigie.config import Config
+from vigie.cluster import HEARTBEAT_LOCK, MQTT_LOCK, CameraLeases, Leadership, NodePresence
+from vigie.config import Config, MqttConfig
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
@@ -54,6 +56,9 @@ class Node:
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
+    dsn: str = ""
+    leases: CameraLeases | None = None  # several nodes: this node's share of the cameras
+    mqtt_election: Leadership | None = None  # cluster.mqtt: elected
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     db_ok: bool = True
     db_error: str = ""
@@ -79,7 +84,8 @@ class Node:
 
     def readiness(self) -> dict[str, str]:
         checks = {"database": "ok" if self.db_ok else self.db_error}
-        if self.subscriber is not None:
+        standby = self.mqtt_election is not None and not self.mqtt_election.leading
+        if self.subscriber is not None and not standby:
             checks["mqtt"] = "ok" if self.subscriber.connected else (
                 f"not connected to {self.subscriber.endpoint}")
         if self.writer is not None:
@@ -141,7 +147,8 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     assert node.schedule is not None
     rules = RuleBook(config, node.schedule.is_open)
     inbox: Inbox[Received] = Inbox(config.database.write_queue)
-    subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
+    mqtt, client_id = _mqtt_settings(config)
+    subscriber = MqttSubscriber(mqtt, client_id, TopicRouter(config),
                                 inbox, node.metrics, node.clock)
     writer = IngestWriter(node.store, inbox, subscriber.ack_many, rules, node.alerts,
                           node.metrics, config.database.batch_size)
@@ -150,9 +157,20 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,
                                  silent)
     node.spawn("ingest-writer", writer.run())
-    if heartbeat.enabled:
+    if heartbeat.enabled and config.cluster.enabled:
+        # Each node stores only its share of the events: one node at a time watches for
+        # silent sensors, on what all of them stored.
+        node.spawn("heartbeat", Leadership(node.dsn, HEARTBEAT_LOCK, "sensor heartbeats").run(
+            lambda: _heartbeat_leader(node, rules, writer)))
+    elif heartbeat.enabled:
         node.spawn("heartbeat", heartbeat.run())
-    node.spawn("mqtt", subscriber.run())
+    if config.cluster.enabled and config.cluster.mqtt == "elected":
+        node.mqtt_election = Leadership(
+            node.dsn, MQTT_LOCK, "MQTT subscriber", interval=config.cluster.interval,
+            on_change=lambda leading: node.metrics.cluster_mqtt_leader.set(int(leading)))
+        node.spawn("mqtt", node.mqtt_election.run(subscriber.run))
+    else:
+        node.spawn("mqtt", subscriber.run())
     try:
         yield
     finally:
@@ -168,6 +186,36 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
                             "not acknowledged and the broker keeps it", DRAIN_SECONDS)
         subscriber.stop()
         await node.stop("mqtt", "ingest-writer", "heartbeat")
+
+
+def _mqtt_settings(config: Config) -> tuple[MqttConfig, str]:
+    """The broker settings and client id of this node: in a cluster, a shared subscription
+    group ("vigie" unless named), or, elected, one client id for whichever node subscribes,
+    so that the persistent session and what it holds follow the election."""
+    if not config.cluster.enabled:
+        return config.mqtt, config.mqtt_client_id
+    if config.cluster.mqtt == "elected":
+        return config.mqtt, config.mqtt.client_id or f"vigie-elected-{config.mqtt.topic_prefix}"
+    group = config.mqtt.shared_group or "vigie"
+    return config.mqtt.model_copy(update={"shared_group": group}), config.mqtt_client_id
+
+
+async def _heartbeat_leader(node: Node, rules: RuleBook, writer: IngestWriter) -> None:
+    """Silent sensors, watched by the elected node: silence counts from its election, the
+    alerts already open are known, and what the other nodes stored is read every round."""
+    silent = await _seed_last_seen(node.store, writer.last_seen)
+    monitor = HeartbeatMonitor(node.config, rules, node.alerts, writer.last_seen, node.clock,
+                               silent)
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(monitor.interval)
+            with contextlib.suppress(VigieError):
+                await _seed_last_seen(node.store, writer.last_seen)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(monitor.run())
+        tasks.create_task(follow())
 
 
 async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]
@@ -205,13 +253,41 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
                                   node.clock, workers=node.config.node.camera_workers)
     node.cameras = supervisor
     supervisor.on_state = node.feed.camera_state if node.feed else None
-    await supervisor.start()
+    await supervisor.start(watch_all=not node.config.cluster.enabled)
     node.spawn("cameras", supervisor.run())
     try:
         yield
     finally:
         await node.stop("cameras")
         await supervisor.stop()
+
+
+@asynccontextmanager
+async def _cluster(node: Node) -> AsyncIterator[None]:
+    """After the cameras and before the sensors: the leases say which cameras this node
+    watches; on shutdown they are released before the supervisor stops, so the other nodes
+    take them over at once. A lone node only says it is up (GET /api/v1/nodes)."""
+    assert node.cameras is not None
+    if node.config.cluster.enabled:
+        leases = CameraLeases(node.config, node.dsn, node.cameras, node.metrics)
+        node.leases = leases
+        await leases.start()
+        node.spawn("cluster", leases.run())
+        try:
+            yield
+        finally:
+            await node.stop("cluster", budget=1.0)
+            await leases.leave()
+        return
+    cameras = node.cameras
+    presence = NodePresence(node.config.node.name, node.store, lambda: len(cameras.cameras))
+    await presence.start()
+    node.spawn("presence", presence.run())
+    try:
+        yield
+    finally:
+        await node.stop("presence", budget=1.0)
+        await presence.leave()
 
 
 @asynccontextmanager
@@ -252,12 +328,13 @@ async def running_node(
         alerts = AlertService(store, metrics, clock)
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
-                    schedule=load_schedule(config))
+                    schedule=load_schedule(config), dsn=dsn)
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
         await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_cameras(node))
+        await stack.enter_async_context(_cluster(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         await stack.enter_async_context(_api(node))

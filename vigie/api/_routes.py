@@ -284,11 +284,12 @@ _ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
 
 def endpoints() -> list[Endpoint]:
     from vigie.api._cameras import camera_endpoints
+    from vigie.api._nodes import node_endpoints
     from vigie.api._stream import PATH as STREAM_PATH
     from vigie.api._stream import stream
 
     site_q = Param("site", description="site id (slug)")
-    return [*camera_endpoints(),
+    return [*camera_endpoints(), *node_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",

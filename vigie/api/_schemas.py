@@ -172,6 +172,20 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "enum": ["trimmed", "unknown"]},
         },
     },
+    "Node": {
+        "type": "object",
+        "required": ["name", "state", "clustered", "cameras", "started_at", "last_seen_at",
+                     "lease_expires_at"],
+        "properties": {
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["up", "leaving", "stopped", "lost"],
+                      "description": "lost: up, but silent for longer than its lease"},
+            "clustered": {"type": "boolean",
+                          "description": "shares the cameras through leases"},
+            "cameras": {"type": "integer", "description": "cameras it watches"},
+            "started_at": _TS, "last_seen_at": _TS, "lease_expires_at": _TS},
+    },
+    "NodeList": _list_of("Node"),
     "Health": {
         "type": "object", "required": ["status"],
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},

@@ -264,7 +264,10 @@ class MqttSubscriber:
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
         qos = self._config.qos
-        topics: list[tuple[str, int]] = [(t, qos) for t in self._router.subscriptions()]
+        # Several nodes: MQTT 5 shared subscriptions spread the messages among them.
+        group = self._config.shared_group
+        topics: list[tuple[str, int]] = [(f"$share/{group}/{t}" if group else t, qos)
+                                         for t in self._router.subscriptions()]
         client.subscribe(topics)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
