@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+
 from tests.cluster.conftest import Judges, Recorder, TcpProxy, through, wait_for
 from tests.conftest import make_config
 from vigie.cluster import CameraLeases
@@ -229,8 +230,9 @@ async def test_a_new_holder_resumes_from_the_alerts_left_open(fresh_dsn: str) ->
             await db.execute("""
                 INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity,
                                     state, title, opened_at, last_seen_at)
-                VALUES (gen_random_uuid(), 'clg-leases/cam-01/covered', 'clg-leases', 'cam-01', 'camera',
-                        'covered', 'critical', 'open', 'Camera covered', now(), now())""")
+                VALUES (gen_random_uuid(), 'clg-leases/cam-01/covered', 'clg-leases',
+                        'cam-01', 'camera', 'covered', 'critical', 'open', 'Camera covered',
+                        now(), now())""")
         await c.kill("n1")
         await c.add("n2")
         await wait_for(spread(c, {"n2": 4}), timeout=3 * LEASE)
