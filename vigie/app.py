@@ -176,6 +176,10 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     finally:
         # Stop reading; write and acknowledge what was received, over the connection that
         # is still up; then disconnect. Anything else stays at the broker for our session.
+        # In a shared group, leave it first: the others take this node's share meanwhile.
+        if mqtt.shared_group and not await subscriber.leave_shared_group(DRAIN_SECONDS / 5):
+            log.warning("the broker did not confirm the unsubscription: messages may wait in "
+                        "this node's session until a node of this name comes back")
         subscriber.pause()
         inbox.close()
         writing = node.tasks.get("ingest-writer")

@@ -78,11 +78,15 @@ class Leadership:
             while not task.done():
                 await asyncio.wait({task}, timeout=self._interval)
                 if not task.done():
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), self._interval * 2)
+                    try:
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), self._interval * 2)
+                    except DB_ERRORS:
+                        log.warning("%s: lost the database connection, and with it the "
+                                    "lock: stepping down", self.what)
+                        raise
             task.result()  # a job that ends on its own: its error, or a clean end
         finally:
             if not task.done():
-                log.warning("%s: lost the database connection, stepping down", self.what)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
