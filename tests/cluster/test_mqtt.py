@@ -265,3 +265,55 @@ async def test_elected_subscriber_fails_over_to_a_standby_without_losing_events(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_alarms_spread_over_nodes_make_one_alert_and_silence_is_judged_once(
+        cluster_factory: Any, publisher: Publisher, fresh_dsn: str) -> None:
+    cluster = cluster_factory()
+    nodes = []
+    for name in ("n1", "n2", "n3"):
+        raw = cluster.raw(name)
+        config = make_config(fresh_dsn, cluster.mqtt_url, node=raw["node"], sites=NO_CAMERAS,
+                             mqtt={**raw["mqtt"], "client_id": None}, cluster=raw["cluster"],
+                             defaults={"sensor": {"heartbeat": "3s"}})
+        stack = AsyncExitStack()
+        node = await stack.enter_async_context(running_node(config))
+        cluster.running[name] = (node, stack)
+        assert node.subscriber is not None and await node.subscriber.wait_connected(5)
+        nodes.append(node)
+    # Two sensors speak in turn for 8 s, well within their 3 s heartbeat. The broker deals
+    # the messages out in turn, so each node may see only one of them: a node judging
+    # silence on what it received alone would call the other one silent.
+    talkers = [("clg-jean-moulin", "centrale-a"), ("clg-pasteur", "centrale")]
+    for i in range(32):
+        site, sensor = talkers[i % 2]
+        publisher.client.publish(cluster.topic(site, sensor), json.dumps(
+            {"id": f"alarm-{i}", "kind": "intrusion", "state": "alarm"}).encode(), qos=1)
+        await asyncio.sleep(0.25)
+    await eventually(lambda: _alerts_settled(fresh_dsn, 16), timeout=20)
+    alerts = await _alerts(fresh_dsn)
+    # One alert per fingerprint whichever node stored each alarm; count = every alarm.
+    assert alerts[("clg-jean-moulin", "centrale-a", "intrusion")] == (1, 16)
+    assert alerts[("clg-pasteur", "centrale", "intrusion")] == (1, 16)
+    assert not [k for k in alerts if k[2] == "device_silent" and (k[0], k[1]) in talkers]
+    # The sensors that said nothing are silent: one alert each, raised once (by the one
+    # node that watches for silence), not once per node.
+    silent = {(k[0], k[1]): v for k, v in alerts.items() if k[2] == "device_silent"}
+    assert silent and all(v == (1, 1) for v in silent.values()), silent
+
+
+async def _alerts(dsn: str) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(site, source, kind): (alerts, their total count)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT site, source, kind, count(*) AS n, sum(count) AS c "
+                                "FROM alerts GROUP BY 1, 2, 3")
+    finally:
+        await conn.close()
+    return {(r["site"], r["source"], r["kind"]): (r["n"], r["c"]) for r in rows}
+
+
+async def _alerts_settled(dsn: str, per_talker: int) -> bool:
+    alerts = await _alerts(dsn)
+    return all(alerts.get(k, (0, 0))[1] == per_talker for k in (
+        ("clg-jean-moulin", "centrale-a", "intrusion"), ("clg-pasteur", "centrale", "intrusion")))
