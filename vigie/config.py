@@ -570,7 +570,10 @@ class Config(_Model):
     ] = ()
 
     @model_validator(mode="after")
-    def _one_way_to_spread_sensors(self) -> Config:
+    def _cluster_needs(self) -> Config:
+        if self.cluster.enabled and self.database.dsn is None:
+            raise ValueError("cluster.enabled: the nodes share one PostgreSQL, set "
+                             "database.dsn (the embedded server is a node's own)")
         if self.cluster.enabled and self.cluster.mqtt == "elected" and self.mqtt.shared_group:
             raise ValueError("cluster.mqtt: elected (one node subscribes) and "
                              "mqtt.shared_group (every node subscribes) exclude each other")

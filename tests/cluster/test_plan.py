@@ -122,3 +122,21 @@ def test_only_a_node_above_its_share_gives() -> None:
     assert handovers(c, step=10) == []
     c = census(Member(A, "a", 19), Member(B, "b", 22), Member(C, "c", 19), me=B)
     assert sorted(handovers(c, step=10)) == [(A, 1), (C, 1)]
+
+
+def test_cluster_settings_that_cannot_work_are_refused_by_path() -> None:
+    from vigie.config import parse_config
+    from vigie.errors import ConfigError
+
+    dsn = {"dsn": "postgresql://vigie@db/vigie"}
+    with pytest.raises(ConfigError, match=r"set database\.dsn"):
+        parse_config({"cluster": {"enabled": True}})
+    with pytest.raises(ConfigError, match="exclude each other"):
+        parse_config({"database": dsn, "cluster": {"enabled": True, "mqtt": "elected"},
+                      "mqtt": {"shared_group": "vigie"}})
+    with pytest.raises(ConfigError, match=r"mqtt\.shared_group"):
+        parse_config({"database": dsn, "mqtt": {"shared_group": "a/b"}})
+    with pytest.raises(ConfigError, match=r"cluster\.lease_seconds"):
+        parse_config({"database": dsn, "cluster": {"enabled": True, "lease_seconds": "0.5s"}})
+    config = parse_config({"database": dsn, "cluster": {"enabled": True}})
+    assert (config.cluster.lease_seconds, config.cluster.interval) == (15.0, 1.0)
