@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,19 +20,31 @@ from typing import Any
 
 from aiohttp import web
 
-from vigie.alerts import AlertService, Clock, RuleBook, Schedule, SchoolCalendar, utc_now
+from vigie.alerts import (
+    AlertService,
+    AlertTimers,
+    Clock,
+    RuleBook,
+    Schedule,
+    SchoolCalendar,
+    escalation_by_severity,
+    utc_now,
+)
 from vigie.alerts._feed import Feed
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
 from vigie.cluster import HEARTBEAT_LOCK, MQTT_LOCK, CameraLeases, Leadership, NodePresence
 from vigie.config import Config, MqttConfig
+from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
+from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
 from vigie.store import Store
+from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
 
 __all__ = ["Node", "open_store", "running_node"]
@@ -103,8 +116,9 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 async def database_dsn(config: Config, stack: AsyncExitStack) -> str:
     """The configured PostgreSQL's DSN, or the embedded one's (started for the stack)."""
-    if config.database.dsn is not None:
-        return config.database.dsn.reveal()
+    configured = config.database.connect_dsn()  # password_file and sslmode merged in
+    if configured is not None:
+        return configured
     from vigie.store._embedded import embedded_postgres
 
     dsn: str = await stack.enter_async_context(embedded_postgres(config.node.data_dir))
@@ -117,13 +131,14 @@ def load_schedule(config: Config) -> Schedule:
     return Schedule(config.sites, SchoolCalendar.load(path) if path is not None else None)
 
 
-async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None) -> Store:
+async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None,
+                     on_progress: MigrationProgress | None = None) -> Store:
     """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
     dsn = dsn or await database_dsn(config, stack)
     store = await Store.open(dsn, size=config.database.pool_size,
                              timeout=config.database.connect_timeout)
     stack.push_async_callback(store.close)
-    applied = await store.migrate()
+    applied = await store.migrate(on_progress)
     if applied:
         log.info("database schema migrated (%d migration(s))", applied)
     return store
@@ -239,7 +254,8 @@ async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetim
 async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
     """Before every producer of changes and the API, so it is left after them: what they
     published is written before it stops."""
-    feed = Feed(node.store, node.metrics, dsn, clock=node.clock)
+    feed = Feed(node.store, node.metrics, dsn, clock=node.clock,
+                keep_seconds=node.config.retention.feed)
     await feed.start()
     node.alerts.subscribe(feed.alert_changed)
     node.feed = feed
@@ -264,6 +280,19 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
     finally:
         await node.stop("cameras")
         await supervisor.stop()
+
+
+def _api_tls(config: Config) -> ssl.SSLContext | None:
+    """HTTPS served directly, when a certificate and key are configured (TLS 1.2 or later)."""
+    if config.api.tls_cert is None or config.api.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.api.tls_cert), str(config.api.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise VigieError(f"api.tls_cert / api.tls_key: cannot load ({exc})") from None
+    return context
 
 
 @asynccontextmanager
@@ -303,12 +332,14 @@ async def _api(node: Node) -> AsyncIterator[None]:
                      feed=node.feed)
     app = make_api(ctx)
     install_stream(app, node.feed)
+    install_console(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.api.host, config.api.port)
+    tls = _api_tls(config)
+    site = web.TCPSite(runner, config.api.host, config.api.port, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
-    node.api_url = f"http://{host}:{port}"
+    node.api_url = f"{'https' if tls else 'http'}://{host}:{port}"
     log.info("API listening on %s", node.api_url)
     try:
         yield
@@ -329,17 +360,22 @@ async def running_node(
         async with store.connection() as conn:
             await sync_config(conn, config)
         metrics.db_up.set(1)
-        alerts = AlertService(store, metrics, clock)
+        alerts = AlertService(store, metrics, clock, escalation_by_severity(config))
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config), dsn=dsn)
-        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
+        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
+        if config.retention.on_nodes:
+            node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_cameras(node))
         await stack.enter_async_context(_cluster(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
+        # After every listener subscribed (the feed): the first tick may publish at once.
+        node.spawn("alert-timers", AlertTimers(alerts).run())
+        stack.push_async_callback(node.stop, "alert-timers")
         await stack.enter_async_context(_api(node))
         yield node

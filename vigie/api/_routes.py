@@ -228,7 +228,8 @@ async def list_alerts(request: web.Request, ctx: ApiContext, p: Principal,
     async with ctx.store.connection() as conn:
         items, cursor = await alerts_q.list_alerts(
             conn, states=q["state"], site=_scoped_site(p, q["site"]), severity=q["severity"],
-            sites=p.sites, limit=q["limit"], cursor=_alert_cursor(q["cursor"]))
+            sites=p.sites, limit=q["limit"], cursor=_alert_cursor(q["cursor"]),
+            silenced=_SILENCED[q["silenced"]])
     return page(items, cursor)
 
 
@@ -247,13 +248,6 @@ async def ack_alert(request: web.Request, ctx: ApiContext, p: Principal,
     return ok(alert.to_json())
 
 
-async def resolve_alert(request: web.Request, ctx: ApiContext, p: Principal,
-                        q: dict[str, Any]) -> web.Response:
-    comment = await _read_comment(request, required=False)
-    alert = await ctx.alerts.resolve(q["alert_id"], p.name, comment, p.sites)
-    return ok(alert.to_json())
-
-
 async def comment_alert(request: web.Request, ctx: ApiContext, p: Principal,
                         q: dict[str, Any]) -> web.Response:
     comment = await _read_comment(request, required=True)
@@ -264,6 +258,10 @@ async def comment_alert(request: web.Request, ctx: ApiContext, p: Principal,
 
 async def list_dead_letters(request: web.Request, ctx: ApiContext, p: Principal,
                             q: dict[str, Any]) -> web.Response:
+    if p.sites is not None:
+        # A rejected message belongs to no known site (often the reason it was rejected):
+        # its topic and payload may be another site's, so only an admin of every site reads.
+        raise ApiError(403, "forbidden", "dead letters need an admin token for every site")
     async with ctx.store.connection() as conn:
         items = await events_q.list_dead_letters(conn, q["limit"])
     return ok({"items": items, "next_cursor": None})
@@ -275,6 +273,7 @@ _READ = ALL_ROLES
 _OPERATE = frozenset({"admin", "operator"})
 _ADMIN = frozenset({"admin"})
 _SEVERITIES = ("critical", "major", "minor", "info")
+_SILENCED = {"false": False, "true": True, "any": None}
 
 _LIMIT = Param("limit", type="integer", minimum=1, maximum=500, default=100,
                description="page size")
@@ -283,13 +282,18 @@ _ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
 
 
 def endpoints() -> list[Endpoint]:
+    from vigie.api._alert_actions import assign_alert, resolve_alert, unack_alert
+    from vigie.api._audit import audit_endpoints
     from vigie.api._cameras import camera_endpoints
     from vigie.api._nodes import node_endpoints
+    from vigie.api._reports import report_endpoints
+    from vigie.api._silences import silence_endpoints
     from vigie.api._stream import PATH as STREAM_PATH
     from vigie.api._stream import stream
 
     site_q = Param("site", description="site id (slug)")
-    return [*camera_endpoints(), *node_endpoints(),
+    return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(), *audit_endpoints(),
+            *node_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",
@@ -312,15 +316,24 @@ def endpoints() -> list[Endpoint]:
                  _READ, response="AlertList", params=(
                      Param("state", enum=("open", "acknowledged", "resolved"), many=True,
                            description="one or several states, comma-separated"),
-                     site_q, Param("severity", enum=_SEVERITIES), _LIMIT, _CURSOR)),
+                     site_q, Param("severity", enum=_SEVERITIES), _LIMIT, _CURSOR,
+                     Param("silenced", enum=tuple(_SILENCED), default="false",
+                           description="silenced alerts are left out unless asked for"))),
         Endpoint("GET", "/api/v1/alerts/{alert_id}", get_alert, "One alert with its history",
                  "alerts", _READ, params=(_ALERT_ID,), response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/ack", ack_alert, "Acknowledge an alert",
                  "alerts", _OPERATE, params=(_ALERT_ID,), body="CommentBody",
-                 response="Alert"),
+                 body_required=False, response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/resolve", resolve_alert,
                  "Resolve an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
-                 body="CommentBody", response="Alert"),
+                 body="ResolveBody", body_required=False, response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/unack", unack_alert,
+                 "Un-acknowledge an alert (back to open; escalation starts again)", "alerts",
+                 _OPERATE, params=(_ALERT_ID,), body="CommentBody", body_required=False,
+                 response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/assign", assign_alert,
+                 "Assign an alert to an operator", "alerts", _OPERATE, params=(_ALERT_ID,),
+                 body="AssignBody", response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/comments", comment_alert,
                  "Comment on an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
                  body="RequiredCommentBody", response="Alert", statuses=(201,)),

@@ -49,6 +49,10 @@ SCHEMAS: dict[str, Any] = {
             "escalation_level": {"type": "integer"}, "silenced": {"type": "boolean"},
             "snapshots": {"type": "array", "items": {}},
             "event_id": {"type": "integer", "nullable": True},
+            "next_escalation_at": _TS_NULL, "escalated_at": _TS_NULL,
+            "assigned_to": _STR_NULL, "assigned_at": _TS_NULL,
+            "resolution": {"type": "string", "nullable": True, "enum": [
+                "real_incident", "false_alarm", "technical_fault", "test", "auto"]},
             "history": {"type": "array",
                         "items": {"$ref": "#/components/schemas/HistoryEntry"}},
         },
@@ -94,7 +98,8 @@ SCHEMAS: dict[str, Any] = {
     "DeadLetterList": _list_of("DeadLetter"),
     "CommentBody": {
         "type": "object", "additionalProperties": False,
-        "properties": {"comment": {"type": "string", "maxLength": 4000}},
+        # null or left out: no comment
+        "properties": {"comment": {"type": "string", "maxLength": 4000, "nullable": True}},
     },
     "RequiredCommentBody": {
         "type": "object", "additionalProperties": False, "required": ["comment"],
@@ -156,7 +161,9 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"type": "string", "enum": [
                 "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
-                "alert.commented", "camera.state", "feed.hello", "feed.gap"]},
+                "alert.commented", "alert.unacknowledged", "alert.assigned",
+                "alert.escalated", "alert.silenced", "alert.unsilenced", "camera.state",
+                "feed.hello", "feed.gap"]},
             "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},
             "actor": {"type": "string"}, "alert": {"$ref": "#/components/schemas/Alert"},
             "camera": {
@@ -172,6 +179,20 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "enum": ["trimmed", "unknown"]},
         },
     },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["id", "at", "actor", "action", "target", "site", "remote", "outcome",
+                     "details"],
+        "properties": {
+            "id": {"type": "integer"}, "at": _TS, "actor": {"type": "string"},
+            "action": {"type": "string"}, "target": {"type": "string", "nullable": True},
+            "site": {"type": "string", "nullable": True},
+            "remote": {"type": "string", "nullable": True,
+                       "description": "client address (forwarded by a trusted proxy)"},
+            "outcome": {"type": "string", "description": "HTTP status, or ok"},
+            "details": {"type": "object"}},
+    },
+    "AuditList": _list_of("AuditEntry"),
     "Node": {
         "type": "object",
         "required": ["name", "state", "clustered", "cameras", "started_at", "last_seen_at",
@@ -191,3 +212,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
     },
 }
+
+
+def _workflow_schemas() -> dict[str, Any]:
+    from vigie.api._alert_actions import ACTION_SCHEMAS
+    from vigie.api._reports import REPORT_SCHEMAS
+    from vigie.api._silences import SILENCE_SCHEMAS
+
+    return {**ACTION_SCHEMAS, **SILENCE_SCHEMAS, **REPORT_SCHEMAS}
+
+
+SCHEMAS.update(_workflow_schemas())

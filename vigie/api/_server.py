@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from aiohttp import web
 
 from vigie import __version__
-from vigie.api._auth import Principal
+from vigie.api._auth import Principal, client_address, forwarded_https
 from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
 from vigie.api._spec import Endpoint, openapi_document, parse_params
 from vigie.errors import VigieError
+from vigie.logs import REQUEST_ID
 from vigie.store import _audit as audit
 
 __all__ = ["CONTEXT", "make_api"]
@@ -23,21 +26,76 @@ CONTEXT = web.AppKey("context", ApiContext)
 log = logging.getLogger("vigie.api")
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Each request gets an id (the client's X-Request-Id if it is a sane one, e.g. from a
+    reverse proxy), logged with every line written while it is served and sent back."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+    token = REQUEST_ID.set(request_id)
+    try:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own 404/405: still answered with the id
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        if not response.prepared:  # a WebSocket has sent its headers already
+            response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        REQUEST_ID.reset(token)
+
+
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 @web.middleware
 async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response: web.StreamResponse = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    # An API, not pages: nothing to load, nothing to frame.
+    response.headers.setdefault("Content-Security-Policy",
+                                "default-src 'none'; frame-ancestors 'none'")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Cache-Control", "no-store")
+    api = request.app[CONTEXT].config.api
+    if forwarded_https(request, api.trusted_proxies):
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     response.headers["Server"] = "vigie"  # not the versions of Python and aiohttp
+    return response
+
+
+_CORS_METHODS = "GET, POST, DELETE"
+_CORS_HEADERS = "Authorization, Content-Type"
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Cross-origin calls from the configured origins only; none unless configured."""
+    allowed = request.app[CONTEXT].config.api.cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or origin is None or not ("*" in allowed or origin in allowed):
+        response: web.StreamResponse = await handler(request)
+        return response
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response = web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": _CORS_METHODS,
+            "Access-Control-Allow-Headers": _CORS_HEADERS, "Access-Control-Max-Age": "600"})
+    else:
+        response = await handler(request)
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
     return response
 
 
 async def _principal(request: web.Request, ctx: ApiContext, ep: Endpoint) -> Principal | None:
     if ep.roles is None:
         return None
-    remote = request.remote or "?"
+    remote = client_address(request, ctx.config.api.trusted_proxies)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -65,12 +123,23 @@ async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
     try:
         async with ctx.store.connection() as conn:
             await audit.record(conn, actor=actor, action=ep.operation_id,
-                               target=request.path, site=site, remote=request.remote,
+                               target=request.path, site=site,
+                               remote=client_address(request, ctx.config.api.trusted_proxies),
                                outcome=str(status),
                                details={"role": principal.role} if principal else {})
     except VigieError as exc:
         log.warning("audit entry not written (%s %s by %s): %s", ep.method, request.path,
                     actor, exc)
+
+
+def _log_request(request: web.Request, ep: Endpoint, principal: Principal | None,
+                 status: int, started: float) -> None:
+    extra: dict[str, Any] = {"route": ep.path, "status": status}
+    if "alert_id" in request.match_info:
+        extra["alert_id"] = request.match_info["alert_id"][:64]
+    log.info("%s %s %d %.1fms by %s", ep.method, request.path, status,
+             (time.perf_counter() - started) * 1000,
+             principal.name if principal else "anonymous", extra=extra)
 
 
 def _wrap(ep: Endpoint) -> Any:
@@ -85,6 +154,8 @@ def _wrap(ep: Endpoint) -> Any:
         except Exception as exc:
             response = error_response(request, exc)
         status = response.status
+        if ep.method != "GET" or status >= 500:  # what changes state, and what failed
+            _log_request(request, ep, principal, status, started)
         if ep.audited:
             await _audit(request, ctx, ep, principal, status)
         ctx.metrics.http_requests.labels(ep.path, ep.method, str(status)).inc()
@@ -96,7 +167,7 @@ def _wrap(ep: Endpoint) -> Any:
 
 
 def make_api(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[security_headers, error_middleware],
+    app = web.Application(middlewares=[request_ids, security_headers, cors, error_middleware],
                           client_max_size=256 * 1024)
     app[CONTEXT] = ctx
     table = endpoints()
