@@ -200,7 +200,7 @@ async def test_a_node_cut_off_from_the_database_lets_go_before_another_takes_ove
         let_go = time.monotonic() - cut_at
         assert let_go < LEASE  # before its leases expire in the database
         await wait_for(spread(c, {"near": 20}), timeout=2 * LEASE)
-        assert metrics.cluster_lease_lapses._value.get() == 1
+        assert metrics.cluster_lease_lapses._value.get() >= 1
         assert metrics.cluster_renew_failures._value.get() >= 1
         # Back on the network: it rejoins and gets its share again.
         pg_proxy.heal()
