@@ -199,7 +199,7 @@ SCHEMAS: dict[str, Any] = {
                      "lease_expires_at"],
         "properties": {
             "name": {"type": "string"},
-            "state": {"type": "string", "enum": ["up", "leaving", "stopped", "lost"],
+            "state": {"type": "string", "enum": ["up", "stopped", "lost"],
                       "description": "lost: up, but silent for longer than its lease"},
             "clustered": {"type": "boolean",
                           "description": "shares the cameras through leases"},

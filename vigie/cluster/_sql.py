@@ -214,7 +214,7 @@ async def references(conn: Any, cameras: Collection[str]) -> dict[str, bytes]:
 @dataclass(frozen=True, slots=True)
 class NodeRow:
     name: str
-    state: str  # up, leaving, stopped, lost (up but silent past its lease)
+    state: str  # up, stopped, lost (up but silent past its lease)
     clustered: bool
     cameras: int
     started_at: datetime

@@ -6,7 +6,7 @@ CREATE TABLE nodes (
     -- This run of the node: a restart is a new incarnation, and the leases of the previous
     -- one are not its own (they expire, then anyone may take them).
     incarnation  uuid NOT NULL,
-    state        text NOT NULL CHECK (state IN ('up', 'leaving', 'stopped')),
+    state        text NOT NULL CHECK (state IN ('up', 'stopped')),
     clustered    boolean NOT NULL,          -- takes part in camera leases
     started_at   timestamptz NOT NULL,
     last_seen_at timestamptz NOT NULL,
