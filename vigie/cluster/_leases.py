@@ -222,7 +222,6 @@ class CameraLeases:
         done = {r["camera"] for r in rows if r["incarnation"] == me and r["handover"] == "done"}
         ready = {r["camera"] for r in rows if r["incarnation"] == me and r["handover"] == "ready"
                  and r["offered_to"] != me}
-        nudge = False
         # Taking: read the offered streams; say ready when they flow. Not while our own
         # leases cannot be proven: we may be cut off from the database.
         if not self.lease.valid:
@@ -239,8 +238,8 @@ class CameraLeases:
             self._apply(await sql.references(conn, offered.keys() - self.judging))
         warm = [c for c, state in offered.items() if state == "offered" and (
             self._cameras.receiving(c) or now - self.warming[c] >= WARM_UP)]
-        if warm:
-            nudge |= bool(await conn.fetch(sql.READY, me, warm))
+        if warm and await conn.fetch(sql.READY, me, warm):
+            await self._nudge(conn)  # the holder may hand them over now
         if done:
             adopted = {r["camera"] for r in await conn.fetch(sql.ADOPT, me)}
             self.held |= adopted
@@ -256,11 +255,12 @@ class CameraLeases:
             self.held -= given
             self._apply()
             if given:
+                # Nobody judges these until the taker adopts them: tell it at once.
+                await self._nudge(conn)
                 self._metrics.cluster_handovers.labels("out").inc(len(given))
                 log.info("handed %d camera(s) over to other nodes", len(given))
-                nudge = True
         withdrawn = await conn.fetch(sql.WITHDRAW, me, WARM_UP + 10 * self._interval)
-        return nudge or bool(withdrawn)
+        return bool(withdrawn)
 
     async def _claim(self, conn: Any, census: Census) -> bool:
         n = claim_count(census, self._margin)
