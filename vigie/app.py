@@ -26,6 +26,7 @@ from vigie.cameras import CameraSupervisor
 from vigie.config import Config
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
+from vigie.notify import Notifiers
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
@@ -51,6 +52,7 @@ class Node:
     schedule: Schedule | None = None
     cameras: CameraSupervisor | None = None
     feed: Feed | None = None
+    notifiers: Notifiers | None = None
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
@@ -200,6 +202,21 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def _notifiers(node: Node, dsn: str) -> AsyncIterator[None]:
+    """After the feed they read (through the database): left before it."""
+    if not node.config.notifiers:
+        yield
+        return
+    notifiers = Notifiers(node.config, dsn, node.metrics, clock=node.clock)
+    node.notifiers = notifiers
+    node.spawn("notifiers", notifiers.run())
+    try:
+        yield
+    finally:
+        await node.stop("notifiers")
+
+
+@asynccontextmanager
 async def _cameras(node: Node) -> AsyncIterator[None]:
     supervisor = CameraSupervisor(node.config, node.store, node.alerts, node.metrics,
                                   node.clock, workers=node.config.node.camera_workers)
@@ -257,6 +274,7 @@ async def running_node(
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
         await stack.enter_async_context(_feed(node, dsn))
+        await stack.enter_async_context(_notifiers(node, dsn))
         await stack.enter_async_context(_cameras(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))

@@ -97,6 +97,7 @@ class Alert:
     silenced: bool
     snapshots: list[Any]
     event_id: int | None
+    related: list[uuid.UUID]  # alerts linked by correlation
 
     @classmethod
     def from_row(cls, row: Any) -> Alert:
@@ -116,6 +117,7 @@ class Alert:
             "resolved_by": self.resolved_by, "resolved_at": iso(self.resolved_at),
             "escalation_level": self.escalation_level, "silenced": self.silenced,
             "snapshots": self.snapshots, "event_id": self.event_id,
+            "related": [str(r) for r in self.related],
         }
 
 
