@@ -3,6 +3,7 @@ exponential backoff and jitter. Time is injected (`sleep`, `rng`): tests drive i
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -114,7 +115,9 @@ class HttpPoster:
         except TimeoutError:
             raise SendFailed(f"no answer within {timeout:g}s") from None
         except aiohttp.ClientConnectorError as exc:
-            why = exc.os_error.strerror or type(exc.os_error).__name__
+            # The errno's text: strerror may quote the address.
+            errno = exc.os_error.errno
+            why = os.strerror(errno) if errno else type(exc.os_error).__name__
             raise SendFailed(f"cannot connect ({why})") from None
         except aiohttp.InvalidURL:
             raise SendFailed("invalid URL", retryable=False) from None
