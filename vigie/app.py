@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from vigie.alerts import AlertService, Clock, RuleBook, Schedule, SchoolCalendar, utc_now
+from vigie.alerts._correlation import Correlator, WatchedCameras
 from vigie.alerts._feed import Feed
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
@@ -232,6 +233,23 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def _correlation(node: Node) -> AsyncIterator[None]:
+    """After the cameras whose snapshots it attaches: left before them."""
+    cameras = node.cameras
+    watched = WatchedCameras(cameras) if cameras is not None and cameras.cameras else None
+    patience = max((c.checks.analyse_every for c in cameras.cameras.values()), default=2.0
+                   ) if cameras is not None else 2.0
+    correlator = Correlator(node.config, node.store, node.alerts, node.metrics, watched,
+                            clock=node.clock, fresh_within=patience + 1.0)
+    node.alerts.subscribe(correlator.alert_changed)
+    node.spawn("correlation", correlator.run())
+    try:
+        yield
+    finally:
+        await node.stop("correlation")
+
+
+@asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
@@ -276,6 +294,7 @@ async def running_node(
         await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_notifiers(node, dsn))
         await stack.enter_async_context(_cameras(node))
+        await stack.enter_async_context(_correlation(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         await stack.enter_async_context(_api(node))

@@ -49,6 +49,8 @@ SCHEMAS: dict[str, Any] = {
             "escalation_level": {"type": "integer"}, "silenced": {"type": "boolean"},
             "snapshots": {"type": "array", "items": {}},
             "event_id": {"type": "integer", "nullable": True},
+            "related": {"type": "array", "description": "alerts linked by correlation",
+                        "items": {"type": "string", "format": "uuid"}},
             "history": {"type": "array",
                         "items": {"$ref": "#/components/schemas/HistoryEntry"}},
         },
@@ -156,7 +158,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"type": "string", "enum": [
                 "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
-                "alert.commented", "camera.state", "feed.hello", "feed.gap"]},
+                "alert.commented", "alert.correlated", "camera.state", "feed.hello", "feed.gap"]},
             "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},
             "actor": {"type": "string"}, "alert": {"$ref": "#/components/schemas/Alert"},
             "camera": {

@@ -159,6 +159,19 @@ class CameraSupervisor:
         self._send(state.worker, "relearn", key)
         self._later(self._reference_writer(state.site.id, state.camera.id, None))
 
+    def request_snapshot(self, key: str) -> bool:
+        """Have a camera's next analysed keyframe written as its snapshot (within about
+        `analyse_every`), whatever the snapshot period; False if it is not watched here."""
+        state = self.cameras.get(key)
+        if state is None or not self._workers:
+            return False
+        self._send(state.worker, "snapshot", key)
+        return True
+
+    def snapshot_path(self, site: str, camera: str) -> Path:
+        """Where a camera's latest snapshot is (replaced atomically by its worker)."""
+        return self._snapshots / site / f"{camera}.jpg"
+
     # from the workers -------------------------------------------------------------------
 
     def _readable(self, index: int) -> None:
