@@ -272,3 +272,25 @@ async def test_messages_trimmed_before_they_were_sent_are_a_counted_gap(
     assert receiver.events() == [("alert.opened", "centrale-a"),
                                  ("alert.opened", "autoprot-baie")]
     assert rig.sample("vigie_notifier_gaps_total", "csu") == 1
+
+
+async def test_a_bug_in_a_channel_costs_one_dead_letter_not_the_notifier(
+        rig: Rig, receiver: Receiver) -> None:
+    config = notifier_config(rig.dsn, webhook(receiver))
+    channel = rig.channel(config)
+    deliver = channel.deliver
+
+    async def buggy(n: Any) -> Any:
+        if n.alert["source"] == "centrale-a":
+            raise KeyError("a bug")
+        return await deliver(n)
+
+    channel.deliver = buggy
+    await rig.start(channel)
+    await rig.open()
+    await rig.open(source="panique-accueil", kind="panic")
+    await accepted(receiver, 1)
+    async with rig.store.connection() as conn:
+        [dead] = await q.dead_letters(conn, "csu")
+    assert dead["error"] == "internal error: KeyError" and dead["payload"]["source"] == "centrale-a"
+    assert receiver.events() == [("alert.opened", "panique-accueil")]

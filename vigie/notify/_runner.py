@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from vigie.alerts._feed import CHANNEL
-from vigie.notify._delivery import Channel, NotifyMetrics
+from vigie.notify._delivery import Channel, NotifyMetrics, Outcome
 from vigie.notify._message import Notification
 from vigie.secrets import redact_text
 from vigie.store import _notify as q
@@ -80,6 +80,8 @@ class NotifierLoop:
                 except _DRIVER_ERRORS as exc:
                     log.warning("notifier %s: lost the database: %s", self.name,
                                 redact_text(str(exc)) or type(exc).__name__)
+                except Exception:  # a bug must not stop notifications for good
+                    log.exception("notifier %s: unexpected error; starting again", self.name)
                 finally:
                     if self.sending:
                         delay = RETRY_MIN
@@ -118,7 +120,7 @@ class NotifierLoop:
             if every is not None:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + every
-                    await self.channel.tick(conn)
+                    await self._tick(conn)
                 wait = max(0.0, min(wait, next_tick - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -145,8 +147,21 @@ class NotifierLoop:
             if len(rows) < PAGE:
                 return
 
+    async def _tick(self, conn: Any) -> None:
+        try:
+            await self.channel.tick(conn)
+        except _DRIVER_ERRORS:
+            raise
+        except Exception:  # the next round tries again; changes keep flowing meanwhile
+            log.exception("notifier %s: periodic round failed", self.name)
+
     async def _deliver(self, conn: Any, n: Notification) -> None:
-        outcome = await self.channel.deliver(n)
+        try:
+            outcome = await self.channel.deliver(n)
+        except Exception as exc:  # a bug, not the receiver: keep it, go on with the next
+            log.exception("notifier %s: cannot deliver %s of alert %s", self.name, n.type,
+                          n.alert_id)
+            outcome = Outcome(False, 1, f"internal error: {type(exc).__name__}", n.alert)
         if outcome.delivered:
             self._metrics.sent.labels(self.name).inc()
         else:
