@@ -531,7 +531,7 @@ class CorrelationConfig(_Model):
     snapshot_after: Duration | None = 5.0
     # No snapshot for an alarm handled later than this (a backlog replayed after an
     # outage): the camera's picture then is not the picture at the alarm time.
-    max_delay: Duration = 30.0
+    max_delay: Duration = 60.0
     # An intrusion alarm links to the camera alerts of its site opened this long before it;
     # a camera alert links to every intrusion alarm of its site still unresolved.
     link_window: Duration = 600.0
