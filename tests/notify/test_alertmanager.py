@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from tests.conftest import eventually
 from tests.notify.conftest import Alertmanager, Receiver, Rig, notifier_config
 from vigie.config import Config
@@ -177,3 +179,18 @@ async def test_an_unreachable_alertmanager_is_retried_then_dead_lettered(
 
     await eventually(dead)
     assert rig.sample("vigie_notifications_failed_total", "am") == 2
+
+
+@pytest.mark.parametrize(("resend_every", "warned"), [("1m", False), ("5m", True)])
+async def test_a_resend_interval_not_below_resolve_timeout_is_warned(
+        rig: Rig, alertmanager: Alertmanager, caplog: pytest.LogCaptureFixture,
+        resend_every: str, warned: bool) -> None:
+    loop = await rig.start(rig.channel(am_config(rig, alertmanager,
+                                                 resend_every=resend_every)))
+    await eventually(lambda: _true(loop.channel._checked))
+    warning = "is not below Alertmanager's resolve_timeout (300s)"
+    assert (warning in caplog.text) is warned
+
+
+async def _true(value: bool) -> bool:
+    return value

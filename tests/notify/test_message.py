@@ -76,3 +76,12 @@ def test_backoff_jitter_spreads_clients() -> None:
     rng = random.Random(1)
     spread = {round(backoff(policy, 1, rng), 3) for _ in range(50)}
     assert len(spread) > 40 and min(spread) >= 5.0 and max(spread) <= 10.0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("5m", 300.0), ("1h30m", 5400.0), ("300s", 300.0), ("1d", 86400.0), ("250ms", 0.25),
+    ("5", None), ("", None), ("5 m", None), ("m5", None)])
+def test_alertmanager_durations(text: str, seconds: float | None) -> None:
+    from vigie.notify._alertmanager import go_duration
+
+    assert go_duration(text) == seconds

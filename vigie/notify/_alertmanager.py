@@ -13,10 +13,12 @@ import asyncio
 import dataclasses
 import logging
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+import yaml
 
 from vigie.alerts import Clock
 from vigie.config import AlertmanagerNotifier
@@ -32,11 +34,26 @@ from vigie.notify._delivery import (
 from vigie.notify._message import AlertFilter, Notification, am_alert, am_labels
 from vigie.store import _notify as q
 
-__all__ = ["AlertmanagerChannel"]
+__all__ = ["AlertmanagerChannel", "go_duration"]
 
 log = logging.getLogger("vigie.notify")
 
 BATCH = 500  # alerts per POST in a resend round
+# Changes that alter nothing Alertmanager is shown (labels, state, annotations).
+_NOTHING_NEW = frozenset({"commented", "correlated"})
+
+
+_GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+             "y": 31536000.0}
+_GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+
+
+def go_duration(text: str) -> float | None:
+    """Seconds of a Prometheus-style duration (`5m`, `1h30m`, `300s`); None if not one."""
+    parts = _GO_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
 
 
 class AlertmanagerChannel:
@@ -60,8 +77,11 @@ class AlertmanagerChannel:
         # the old ones are ended at once instead of after Alertmanager's resolve_timeout.
         # In memory: after a restart, those left over end by that timeout.
         self._firing: dict[str, dict[str, str]] = {}
+        self._checked = False
 
     def wants(self, n: Notification) -> bool:
+        if n.action in _NOTHING_NEW:
+            return False
         return self._filter.matches(n.alert) or n.alert_id in self._firing
 
     async def deliver(self, n: Notification) -> Outcome:
@@ -82,6 +102,8 @@ class AlertmanagerChannel:
 
     async def tick(self, conn: Any) -> None:
         """Post every active alert again; end those no longer active."""
+        if not self._checked:
+            self._checked = await self._check_resolve_timeout()
         active = [a for a in await q.active_alerts(conn, self._config.sites,
                                                    self._config.severities)
                   if self._filter.matches(a)]
@@ -104,6 +126,22 @@ class AlertmanagerChannel:
             for alert in chunk:
                 self._remember(alert)
             self._metrics.resent.labels(self.name).inc(len(chunk))
+
+    async def _check_resolve_timeout(self) -> bool:
+        """Warn if Alertmanager would resolve our alerts between two rounds; True once its
+        configuration could be read."""
+        base = self._config.url.reveal().rstrip("/")
+        try:
+            status = await self._poster.get_json(base + "/api/v2/status", self._config.timeout)
+            original = yaml.safe_load(status["config"]["original"]) or {}
+            timeout = go_duration(str(original.get("global", {}).get("resolve_timeout", "5m")))
+        except (SendFailed, KeyError, TypeError, AttributeError, ValueError, yaml.YAMLError):
+            return False  # not fatal: tried again next round
+        if timeout is not None and self.every is not None and self.every >= timeout:
+            log.warning("notifier %s: resend_every (%gs) is not below Alertmanager's "
+                        "resolve_timeout (%gs): it will resolve vigie's alerts between rounds",
+                        self.name, self.every, timeout)
+        return True
 
     def _posts_for(self, alert: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The alert as Alertmanager must now see it, and the end of its previous labels

@@ -125,6 +125,22 @@ class HttpPoster:
             raise SendFailed(type(exc).__name__) from None
 
 
+    async def get_json(self, url: str, timeout: float) -> Any:
+        """GET a JSON document; SendFailed on any failure."""
+        try:
+            async with self._session.get(
+                    url, headers={"User-Agent": USER_AGENT},
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    allow_redirects=False) as response:
+                if response.status != 200:
+                    raise SendFailed(f"HTTP {response.status}")
+                return await response.json(content_type=None)
+        except TimeoutError:
+            raise SendFailed(f"no answer within {timeout:g}s") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise SendFailed(type(exc).__name__) from None
+
+
 class NotifyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
