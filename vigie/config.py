@@ -560,7 +560,8 @@ class AlertsConfig(_Model):
 NOTIFIER_TYPES = ("webhook", "alertmanager")
 # Alert changes a webhook can be told of (the live feed's alert.<action> messages).
 NotifyAction = Literal["opened", "repeated", "acknowledged", "unacknowledged", "assigned",
-                       "resolved", "commented", "escalated", "correlated"]
+                       "resolved", "commented", "escalated", "silenced", "unsilenced",
+                       "correlated"]
 
 
 def _http_url(value: Secret) -> Secret:
@@ -599,8 +600,10 @@ class WebhookNotifier(_NotifierBase):
 
     type: Literal["webhook"]
     secret: Annotated[SecretStr, AfterValidator(_strong_secret)]
+    # `unsilenced`: an alert raised during a silence that ended while it is still open is
+    # news, like an opening.
     actions: Annotated[tuple[NotifyAction, ...], AfterValidator(_not_empty)] = (
-        "opened", "escalated", "acknowledged", "resolved")
+        "opened", "unsilenced", "escalated", "acknowledged", "resolved")
 
 
 class AlertmanagerNotifier(_NotifierBase):

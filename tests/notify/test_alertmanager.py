@@ -194,3 +194,15 @@ async def test_a_resend_interval_not_below_resolve_timeout_is_warned(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_silencing_and_unsilencing_follow_in_alertmanager(
+        rig: Rig, alertmanager: Alertmanager) -> None:
+    await rig.start(rig.channel(am_config(rig, alertmanager)))
+    alert = await rig.open()
+    await eventually(lambda: firing(alertmanager))
+    alert = await rig.change("silenced", alert, silenced=True)  # a silence created later
+    await eventually(lambda: _none(firing(alertmanager)))
+    await rig.change("unsilenced", alert, silenced=False)
+    [held] = await eventually(lambda: firing(alertmanager))
+    assert held["labels"]["source"] == "centrale-a"

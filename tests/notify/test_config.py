@@ -31,7 +31,7 @@ def test_both_kinds_with_their_defaults() -> None:
     config = parse(HOOK, AM)
     hook, am = config.notifiers
     assert isinstance(hook, WebhookNotifier) and isinstance(am, AlertmanagerNotifier)
-    assert hook.actions == ("opened", "escalated", "acknowledged", "resolved")
+    assert hook.actions == ("opened", "unsilenced", "escalated", "acknowledged", "resolved")
     assert hook.severities == ("critical", "major", "minor", "info") and hook.sites is None
     assert (hook.max_attempts, hook.retry_first, hook.retry_max) == (6, 1.0, 300.0)
     assert am.resend_every == 60.0 and am.timeout == 10.0
@@ -66,7 +66,8 @@ def test_every_error_is_reported_on_its_path() -> None:
         "notifiers[0].url: expected http(s)://host[:port][/path]",
         "notifiers[0].secret: too short: at least 16 characters (e.g. openssl rand -hex 32)",
         "notifiers[0].actions[0]: expected one of opened, repeated, acknowledged, "
-        "unacknowledged, assigned, resolved, commented, escalated, correlated",
+        "unacknowledged, assigned, resolved, commented, escalated, silenced, unsilenced, "
+        "correlated",
         "notifiers[1].type: expected one of webhook, alertmanager",
         "notifiers[2].type: expected one of webhook, alertmanager",
         "notifiers[3].severities[0]: expected one of critical, major, minor, info",

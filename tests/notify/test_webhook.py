@@ -294,3 +294,15 @@ async def test_a_bug_in_a_channel_costs_one_dead_letter_not_the_notifier(
         [dead] = await q.dead_letters(conn, "csu")
     assert dead["error"] == "internal error: KeyError" and dead["payload"]["source"] == "centrale-a"
     assert receiver.events() == [("alert.opened", "panique-accueil")]
+
+
+async def test_an_alert_out_of_its_silence_is_news(rig: Rig, receiver: Receiver) -> None:
+    config = notifier_config(rig.dsn, webhook(receiver))
+    await rig.start(rig.channel(config))
+    alert = await rig.open(silenced=True)
+    await rig.change("unsilenced", alert, silenced=False)
+    await accepted(receiver, 1)
+    await rig.open(source="panique-accueil", kind="panic")
+    await accepted(receiver, 2)
+    assert receiver.events() == [("alert.unsilenced", "centrale-a"),
+                                 ("alert.opened", "panique-accueil")]
