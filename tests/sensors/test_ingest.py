@@ -413,3 +413,26 @@ async def test_a_silent_alert_from_before_a_restart_resolves_when_the_sensor_spe
         finally:
             speaking.cancel()
             await asyncio.gather(speaking, return_exceptions=True)
+
+
+async def test_a_long_backlog_ahead_of_the_suback_does_not_restart_the_session(
+    fresh_dsn: str, mqtt_url: str, db: asyncpg.Connection, publisher: Publisher
+) -> None:
+    """On reconnect the broker replays the session's backlog before it answers our
+    re-subscription. With the inbox full and the database slow, the SUBACK can wait longer
+    than the connect timeout; that must not count as a failed connection (which would drop
+    the session's progress and start the replay over, again and again)."""
+    from vigie.sensors._mqtt import CONNECT_TIMEOUT
+
+    config = make_config(fresh_dsn, mqtt_url, database={"batch_size": 20, "write_queue": 100})
+    t = topic(config, "centrale")
+    async with node_of(config):
+        pass  # creates the persistent session at the broker
+    await publisher.wait(publisher.publish(t, events("queued", 1_000)))
+    async with WritesBlocked(db) as block, node_of(config) as node:
+        await eventually(polled(lambda: received(node) >= 100))  # the inbox is full
+        await asyncio.sleep(CONNECT_TIMEOUT + 2)  # past the connect deadline, still blocked
+        await block.release()
+        await reaches(db, 1_000)
+        assert sample(node, "vigie_mqtt_reconnects_total") == 0
+    await assert_stored_once(db, keys("queued", 1_000))

@@ -66,7 +66,9 @@ class MqttSubscriber:
         self._inbox = inbox
         self._metrics = metrics
         self._clock = clock
+        self._read_at = clock()  # when the current read began: the messages' received_at
         self._connected = asyncio.Event()
+        self._accepted = asyncio.Event()  # CONNACK received on the current connection
         self._lost = asyncio.Event()
         self._sock: Any = None
         self._paused = False
@@ -156,8 +158,13 @@ class MqttSubscriber:
             props.ReceiveMaximum = 65_535
             kwargs = {"clean_start": False, "properties": props}
         self._lost.clear()
+        self._accepted.clear()
         self._client.connect(address, self._port, self._config.keepalive, **kwargs)
-        await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+        # Only the CONNACK has a deadline. The SUBACK may sit behind a backlog the broker
+        # replays for our session first; if our inbox is full meanwhile, it can take as
+        # long as the database needs, and timing out there would throw the session's
+        # progress away and start the replay over.
+        await asyncio.wait_for(self._accepted.wait(), CONNECT_TIMEOUT)
 
     async def _serve(self) -> None:
         """Keep-alive pings until the connection is lost."""
@@ -215,6 +222,9 @@ class MqttSubscriber:
         self._paused = False
 
     def _readable(self) -> None:
+        # One clock reading per read, not per message: they arrived together (a read takes
+        # milliseconds), and at tens of thousands of messages a second the calls show.
+        self._read_at = self._clock()
         self._client.loop_read(_PACKETS_PER_READ)
         if self._received:
             self._metrics.mqtt_messages.inc(self._received)
@@ -249,6 +259,7 @@ class MqttSubscriber:
         if reason.is_failure:
             log.warning("MQTT broker %s refused the connection: %s", self.endpoint, reason)
             return
+        self._accepted.set()
         self._connections += 1
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
@@ -257,6 +268,10 @@ class MqttSubscriber:
         client.subscribe(topics)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
+        if getattr(flags, "session_present", False):
+            # The broker kept our subscriptions: nothing published from now on is missed,
+            # even before the SUBACK of the re-subscription arrives.
+            self._mark_connected()
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
@@ -265,6 +280,9 @@ class MqttSubscriber:
             log.error("MQTT broker %s refused %d subscription(s): %s", self.endpoint,
                       len(refused), refused[0])
         # Connected means subscribed: from here on, nothing published is missed.
+        self._mark_connected()
+
+    def _mark_connected(self) -> None:
         self._connected.set()
         self._metrics.mqtt_connected.set(1)
 
@@ -280,7 +298,7 @@ class MqttSubscriber:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._received += 1  # counted into the metric once per read, not once per message
-        received_at = self._clock()
+        received_at = self._read_at
         try:
             topic = msg.topic
         except UnicodeDecodeError:  # the spec requires UTF-8; a broken client may not care
