@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually, free_port
-from tests.notify.conftest import SECRET, URL_PASSWORD, FakeSleep, Receiver, Rig, notifier_config
+from tests.notify.conftest import (
+    SECRET,
+    URL_PASSWORD,
+    FakeSleep,
+    Receiver,
+    Rig,
+    later,
+    notifier_config,
+)
 from vigie.store import _notify as q
 
 JM, PASTEUR = "clg-jean-moulin", "clg-pasteur"
@@ -306,3 +314,18 @@ async def test_an_alert_out_of_its_silence_is_news(rig: Rig, receiver: Receiver)
     await accepted(receiver, 2)
     assert receiver.events() == [("alert.unsilenced", "centrale-a"),
                                  ("alert.opened", "panique-accueil")]
+
+
+async def test_the_cursor_passes_camera_changes_too(rig: Rig, receiver: Receiver) -> None:
+    """The cursor follows the feed's head, so vigie_notifier_seq against vigie_feed_seq
+    says how far behind a notifier is, and a quiet day of alerts is no gap."""
+    config = notifier_config(rig.dsn, webhook(receiver))
+    await rig.start(rig.channel(config))
+    await rig.open()
+    await accepted(receiver, 1)
+    for state in ("offline", "ok"):
+        rig.feed.camera_state(JM, "entree", state, [state] if state != "ok" else [], later(1))
+    await rig.written()
+    await eventually(lambda: _equal(cursor(rig), feed_head(rig)))
+    assert rig.sample("vigie_notifier_seq", "csu") == await feed_head(rig)
+    assert len(receiver.hooks) == 1

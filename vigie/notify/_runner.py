@@ -135,14 +135,27 @@ class NotifierLoop:
             self._metrics.gaps.labels(self.name).inc()
             await self._advance(conn, trimmed)
         while True:
-            rows = await q.feed_after(conn, self.cursor, PAGE)
+            start = self.cursor
+            rows, head = await q.feed_after(conn, self.cursor, PAGE)
             for row in rows:
-                n = Notification.from_row(row)
-                if self.channel.wants(n):
+                try:
+                    n = Notification.from_row(row)
+                    wanted = self.channel.wants(n)
+                except Exception:  # a message it cannot read: skip it, not everything
+                    log.exception("notifier %s: unreadable feed message %d", self.name,
+                                  row["seq"])
+                    self._metrics.failed.labels(self.name).inc()
+                    self.cursor = row["seq"]
+                    continue
+                if wanted:
                     await self._deliver(conn, n)
                 else:
                     self.cursor = n.seq
-            if rows:
+            if len(rows) < PAGE:
+                # Read up to the head: the camera changes after the last alert one are
+                # passed too (the cursor then says how far behind the feed it is).
+                self.cursor = max(self.cursor, head)
+            if self.cursor != start:
                 await self._advance(conn, self.cursor)
             if len(rows) < PAGE:
                 return

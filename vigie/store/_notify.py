@@ -50,12 +50,18 @@ async def trimmed_through(conn: Any) -> int:
     return int(await conn.fetchval("SELECT trimmed_through FROM feed_horizon"))
 
 
-async def feed_after(conn: Any, seq: int, limit: int) -> list[FeedRow]:
-    """Alert changes after `seq`, in order."""
-    rows: list[FeedRow] = await conn.fetch(
-        "SELECT seq, type, at, site, payload::text AS payload FROM feed "
-        "WHERE seq > $1 AND type LIKE 'alert.%' ORDER BY seq LIMIT $2", seq, limit)
-    return rows
+async def feed_after(conn: Any, seq: int, limit: int) -> tuple[list[FeedRow], int]:
+    """Up to `limit` alert changes after `seq`, in order, and the newest seq of the feed
+    seen in the same snapshot: with fewer than `limit` rows, everything up to it was read
+    (seq order is commit order), camera changes included."""
+    result = await conn.fetch(
+        """WITH head AS (SELECT coalesce(max(seq), 0) AS head FROM feed)
+           SELECT f.seq, f.type, f.at, f.site, f.payload, head.head FROM head
+           LEFT JOIN LATERAL (
+               SELECT seq, type, at, site, payload::text AS payload FROM feed
+               WHERE seq > $1 AND type LIKE 'alert.%' ORDER BY seq LIMIT $2) f ON true
+           ORDER BY f.seq""", seq, limit)
+    return [r for r in result if r["seq"] is not None], int(result[0]["head"])
 
 
 async def add_dead_letter(conn: Any, notifier: str, seq: int, type_: str,
