@@ -329,3 +329,18 @@ async def test_the_cursor_passes_camera_changes_too(rig: Rig, receiver: Receiver
     await eventually(lambda: _equal(cursor(rig), feed_head(rig)))
     assert rig.sample("vigie_notifier_seq", "csu") == await feed_head(rig)
     assert len(receiver.hooks) == 1
+
+
+async def test_a_receiver_that_does_not_answer_times_out(rig: Rig, receiver: Receiver) -> None:
+    config = notifier_config(rig.dsn, webhook(receiver, timeout="100ms", max_attempts=2))
+    await rig.start(rig.channel(config))
+    receiver.hang = 1.0
+    await rig.open()
+
+    async def dead() -> list[dict[str, Any]]:
+        async with rig.store.connection() as conn:
+            return await q.dead_letters(conn, "csu")
+
+    [letter] = await eventually(dead)
+    assert (letter["attempts"], letter["error"]) == (2, "no answer within 0.1s")
+    assert len(receiver.hooks) == 2 and receiver.accepted == []
