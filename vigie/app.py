@@ -18,7 +18,16 @@ from typing import Any
 
 from aiohttp import web
 
-from vigie.alerts import AlertService, Clock, RuleBook, Schedule, SchoolCalendar, utc_now
+from vigie.alerts import (
+    AlertService,
+    AlertTimers,
+    Clock,
+    RuleBook,
+    Schedule,
+    SchoolCalendar,
+    escalation_by_severity,
+    utc_now,
+)
 from vigie.alerts._correlation import Correlator, WatchedCameras
 from vigie.alerts._feed import Feed
 from vigie.api import ApiContext, Authenticator, make_api
@@ -284,7 +293,7 @@ async def running_node(
         async with store.connection() as conn:
             await sync_config(conn, config)
         metrics.db_up.set(1)
-        alerts = AlertService(store, metrics, clock)
+        alerts = AlertService(store, metrics, clock, escalation_by_severity(config))
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config))
@@ -297,5 +306,8 @@ async def running_node(
         await stack.enter_async_context(_correlation(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
+        # After every listener subscribed (the feed): the first tick may publish at once.
+        node.spawn("alert-timers", AlertTimers(alerts).run())
+        stack.push_async_callback(node.stop, "alert-timers")
         await stack.enter_async_context(_api(node))
         yield node

@@ -46,6 +46,7 @@ __all__ = [
     "Config",
     "CorrelationConfig",
     "DatabaseConfig",
+    "EscalationConfig",
     "LoggingConfig",
     "MqttConfig",
     "NodeConfig",
@@ -486,11 +487,33 @@ class AlertRule(_Model):
     # States that resolve the alert by themselves (a door closing); empty: an operator must.
     resolve_on: tuple[str, ...] = ()
     title: str | None = None
+    # Not acknowledged after `escalate_after`: escalate (level + 1, notified again), then
+    # every `escalate_repeat` up to `escalate_max` times. None: `alerts.escalation` of the
+    # alert's severity, if any.
+    escalate_after: Duration | None = None
+    escalate_repeat: Duration | None = None
+    escalate_max: int = Field(default=3, ge=1, le=100)
 
     @field_validator("states", "resolve_on", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
+
+    @field_validator("escalate_repeat", mode="after")
+    @classmethod
+    def _repeat_needs_after(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("escalate_after") is None:
+            raise ValueError("escalate_repeat needs escalate_after")
+        return value
+
+
+class EscalationConfig(_Model):
+    """Escalation of the alerts of one severity that no rule gives a policy (camera and
+    device alerts, rules without escalate_after)."""
+
+    after: Duration
+    repeat: Duration | None = None
+    max: int = Field(default=3, ge=1, le=100)
 
 
 DEFAULT_RULES = (
@@ -555,6 +578,8 @@ class AlertsConfig(_Model):
     # Severity of device-health alerts (sensor offline / silent, battery low).
     device_offline_severity: Severity = "major"
     battery_low_severity: Severity = "minor"
+    # Escalation by severity, for alerts whose rule sets none: {critical: {after: 5m}}.
+    escalation: dict[Severity, EscalationConfig] = Field(default_factory=dict)
 
 
 NOTIFIER_TYPES = ("webhook", "alertmanager")

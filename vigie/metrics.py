@@ -58,6 +58,9 @@ class Metrics:
             "vigie_alerts_open", "Unresolved alerts", ["site", "severity"], registry=r)
         self.alerts_total = Counter(
             "vigie_alerts", "Alerts opened", ["site", "kind", "severity"], registry=r)
+        self.alerts_escalated = Counter(
+            "vigie_alerts_escalated", "Alert escalations (unacknowledged in time)",
+            ["site", "severity"], registry=r)
         self.event_to_alert = Histogram(
             "vigie_event_to_alert_seconds", "From receiving an event to its alert committed",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

@@ -28,6 +28,7 @@ from vigie.api._routes import endpoints
 from vigie.app import Node, running_node
 from vigie.store._alerts import AlertOccurrence, upsert_alert
 from vigie.store._cameras import keep_snapshot
+from vigie.store._silences import Matchers
 from vigie.store._tokens import create_token, revoke_token
 
 ROLES = ("admin", "operator", "technician", "viewer")
@@ -309,6 +310,9 @@ def _example_body(spec: OpenApi, op: dict[str, Any]) -> dict[str, Any] | None:
         return None
     ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     schema = spec.doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    if "example" in schema:  # a body that must name real things (a site, a camera)
+        example: dict[str, Any] = schema["example"]
+        return example
     body: dict[str, Any] = {}
     for name, prop in schema.get("properties", {}).items():
         assert prop.get("type") == "string", f"teach _example_body to fill {ref}.{name}"
@@ -329,7 +333,12 @@ async def _fill_path(node: Node, path: str) -> str:
         if name == "snapshot_id":
             return await _kept_snapshot(node)
         if name == "alert_id":
-            return await open_alert(node)
+            alert = await open_alert(node)
+            if path.endswith("/unack"):  # only an acknowledged alert can be un-acknowledged
+                await node.alerts.acknowledge(uuid.UUID(alert), "role test", None)
+            return alert
+        if name == "silence_id":
+            return await _camera_silence(node)
         raise AssertionError(f"teach test_api how to fill the path parameter {{{name}}}")
 
     out, last = "", 0
@@ -337,6 +346,14 @@ async def _fill_path(node: Node, path: str) -> str:
         out += path[last:match.start()] + await value(match)
         last = match.end()
     return out + path[last:]
+
+
+async def _camera_silence(node: Node) -> str:
+    """A new silence any role that may end one may end: on the cameras of the test site."""
+    silence, _ = await node.alerts.create_silence(
+        Matchers(site=JM, source_type="camera"), datetime.now(UTC),
+        datetime.now(UTC) + timedelta(hours=1), "role test", "test")
+    return str(silence.id)
 
 
 async def _camera_with_snapshot(node: Node) -> str:

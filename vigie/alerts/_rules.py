@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from vigie.config import AlertRule, Config, SensorConfig
+from vigie.config import AlertRule, Config, EscalationConfig, SensorConfig
 from vigie.events import DeviceStatus, SensorEvent
-from vigie.store._alerts import AlertOccurrence
+from vigie.store._alerts import AlertOccurrence, Escalation
 
-__all__ = ["Decision", "Raise", "Resolve", "RuleBook"]
+__all__ = ["Decision", "Raise", "Resolve", "RuleBook", "escalation_by_severity"]
 
 # Battery alerts clear a little above the threshold, so a battery hovering at the threshold
 # does not open and close an alert all day.
@@ -46,6 +46,25 @@ class Resolve:
 Decision = Raise | Resolve
 
 
+def _rule_escalation(rule: AlertRule) -> Escalation | None:
+    if rule.escalate_after is None:
+        return None
+    repeat = rule.escalate_repeat
+    return Escalation(timedelta(seconds=rule.escalate_after),
+                      timedelta(seconds=repeat) if repeat is not None else None,
+                      rule.escalate_max)
+
+
+def _escalation(cfg: EscalationConfig) -> Escalation:
+    return Escalation(timedelta(seconds=cfg.after),
+                      timedelta(seconds=cfg.repeat) if cfg.repeat is not None else None, cfg.max)
+
+
+def escalation_by_severity(config: Config) -> dict[str, Escalation]:
+    """`alerts.escalation`: for the alerts no rule gives an escalation (AlertService)."""
+    return {severity: _escalation(cfg) for severity, cfg in config.alerts.escalation.items()}
+
+
 class RuleBook:
     """The configured rules, indexed by (kind, state) for the hot path."""
 
@@ -59,6 +78,7 @@ class RuleBook:
                 self._raise.setdefault((rule.kind, state), rule)
             for state in rule.resolve_on:
                 self._resolve.setdefault((rule.kind, state), rule)
+        self._escalation = {id(rule): _rule_escalation(rule) for rule in config.alerts.rules}
         self._sensors: dict[tuple[str, str], SensorConfig] = {
             (site.id, s.id): s for site in config.sites for s in site.sensors
         }
@@ -91,6 +111,7 @@ class RuleBook:
             severity=severity, title=f"{title} ({self._site_names.get(event.site, event.site)})",
             at=event.ts, event_id=event_id,
             details={"state": event.state, "zone": event.zone, "site_open": is_open},
+            escalation=self._escalation[id(rule)],
         )
 
     def battery_threshold(self, site: str, sensor: str) -> int:

@@ -7,19 +7,20 @@ events), so an event and the alert it raised are committed together or not at al
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from vigie.alerts._rules import Decision, Raise, Resolve
 from vigie.metrics import Metrics
-from vigie.store import Store
+from vigie.store import Store, _escalations, _silences
 from vigie.store import _alerts as q
 
-__all__ = ["AlertChange", "AlertService", "Clock"]
+__all__ = ["CHANGES", "AlertChange", "AlertService", "Clock"]
 
 log = logging.getLogger("vigie.alerts")
 
@@ -32,7 +33,9 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class AlertChange:
-    """What happened to an alert: opened, repeated, acknowledged, resolved, commented."""
+    """What happened to an alert: `action` is one of CHANGES. Notifiers leave out changes
+    of silenced alerts (`alert.silenced`), notify again on `escalated`, and treat
+    `unsilenced` as news (the alert outlived its maintenance window)."""
 
     action: str
     alert: q.Alert
@@ -44,12 +47,20 @@ class AlertChange:
 
 Listener = Callable[[AlertChange], None]
 
+# Every AlertChange.action; the feed sends them as `alert.<action>`.
+CHANGES = ("opened", "repeated", "acknowledged", "unacknowledged", "assigned", "commented",
+           "escalated", "silenced", "unsilenced", "resolved",
+           "correlated")  # snapshots attached or alerts linked (vigie.alerts._correlation)
+
 
 class AlertService:
-    def __init__(self, store: Store, metrics: Metrics, clock: Clock = utc_now) -> None:
+    def __init__(self, store: Store, metrics: Metrics, clock: Clock = utc_now,
+                 escalation: Mapping[str, q.Escalation] | None = None) -> None:
         self._store = store
         self._metrics = metrics
         self._clock = clock
+        # By severity, for alerts whose rule gives no escalation (camera, device alerts).
+        self._escalation = dict(escalation or {})
         self._listeners: list[Listener] = []
         # Fingerprints with an unresolved alert: a Resolve for any other one needs no query.
         # Refreshed from the database, so alerts opened by another node are known too.
@@ -67,6 +78,9 @@ class AlertService:
                 self._metrics.alerts_total.labels(a.site, a.kind, a.severity).inc()
             elif change.action == "resolved":
                 self._unresolved.discard(change.alert.fingerprint)
+            elif change.action == "escalated":
+                a = change.alert
+                self._metrics.alerts_escalated.labels(a.site, a.severity).inc()
             for listener in self._listeners:
                 try:
                     listener(change)
@@ -115,8 +129,9 @@ class AlertService:
             resolves = [(d.fingerprint, d.at, d.comment) for d in round_
                         if isinstance(d, Resolve) and d.fingerprint in self._unresolved
                         and d.fingerprint not in resolved_here]
+            occurrences = [self._with_escalation(r.occurrence) for r in raises]
             for (alert, opened), d in zip(
-                await q.upsert_alerts(conn, [r.occurrence for r in raises]), raises, strict=True
+                await q.upsert_alerts(conn, occurrences, self._clock()), raises, strict=True
             ):
                 # Added at once: a stale extra costs one no-op UPDATE, a missing one a resolve.
                 self._unresolved.add(alert.fingerprint)
@@ -131,6 +146,11 @@ class AlertService:
                            for a in await q.resolve_fingerprints(conn, resolves))
         return changes
 
+    def _with_escalation(self, occ: q.AlertOccurrence) -> q.AlertOccurrence:
+        if occ.escalation is not None or occ.severity not in self._escalation:
+            return occ
+        return dataclasses.replace(occ, escalation=self._escalation[occ.severity])
+
     async def raise_now(self, decisions: Sequence[Decision]) -> list[AlertChange]:
         """Apply decisions in a transaction of their own (heartbeat, camera health)."""
         async with self._store.transaction() as conn:
@@ -139,32 +159,93 @@ class AlertService:
         return changes
 
     async def _operator_action(
-        self, action: str, alert_id: uuid.UUID, actor: str, comment: str | None,
-        sites: frozenset[str] | None,
+        self, action: str, alert_id: uuid.UUID, actor: str, sites: frozenset[str] | None,
+        change: Callable[[Any, datetime], Any],
     ) -> q.Alert:
         now = self._clock()
         async with self._store.transaction() as conn:
             await q.get_alert(conn, alert_id, sites)  # 404 for what the caller may not see
-            if action == "acknowledged":
-                alert = await q.acknowledge(conn, alert_id, actor, now, comment)
-            elif action == "resolved":
-                alert = await q.resolve(conn, alert_id, actor, now, comment)
-            else:
-                alert = await q.add_comment(conn, alert_id, actor, now, comment or "")
+            alert: q.Alert = await change(conn, now)
         self.publish([AlertChange(action, alert, actor)])
         return alert
 
     async def acknowledge(self, alert_id: uuid.UUID, actor: str, comment: str | None,
                           sites: frozenset[str] | None = None) -> q.Alert:
-        return await self._operator_action("acknowledged", alert_id, actor, comment, sites)
+        return await self._operator_action(
+            "acknowledged", alert_id, actor, sites,
+            lambda conn, now: q.acknowledge(conn, alert_id, actor, now, comment))
+
+    async def unacknowledge(self, alert_id: uuid.UUID, actor: str, comment: str | None,
+                            sites: frozenset[str] | None = None) -> q.Alert:
+        return await self._operator_action(
+            "unacknowledged", alert_id, actor, sites,
+            lambda conn, now: q.unacknowledge(conn, alert_id, actor, now, comment))
 
     async def resolve(self, alert_id: uuid.UUID, actor: str, comment: str | None,
-                      sites: frozenset[str] | None = None) -> q.Alert:
-        return await self._operator_action("resolved", alert_id, actor, comment, sites)
+                      sites: frozenset[str] | None = None, resolution: str | None = None
+                      ) -> q.Alert:
+        return await self._operator_action(
+            "resolved", alert_id, actor, sites,
+            lambda conn, now: q.resolve(conn, alert_id, actor, now, comment, resolution))
+
+    async def assign(self, alert_id: uuid.UUID, actor: str, assignee: str | None,
+                     comment: str | None, sites: frozenset[str] | None = None) -> q.Alert:
+        return await self._operator_action(
+            "assigned", alert_id, actor, sites,
+            lambda conn, now: q.assign(conn, alert_id, actor, now, assignee, comment))
 
     async def comment(self, alert_id: uuid.UUID, actor: str, comment: str,
                       sites: frozenset[str] | None = None) -> q.Alert:
-        return await self._operator_action("commented", alert_id, actor, comment, sites)
+        return await self._operator_action(
+            "commented", alert_id, actor, sites,
+            lambda conn, now: q.add_comment(conn, alert_id, actor, now, comment))
+
+    # --- time-driven: escalations and silences (AlertTimers calls these) ----------------
+
+    async def escalate_due(self, limit: int = 500) -> list[AlertChange]:
+        """Escalate what is due now; another node ticking at the same time escalates
+        other alerts, never the same step twice."""
+        async with self._store.transaction() as conn:
+            alerts = await _escalations.escalate_due(conn, self._clock(), limit)
+        changes = [AlertChange("escalated", a) for a in alerts]
+        self.publish(changes)
+        return changes
+
+    async def sweep_silences(self, actor: str = "vigie") -> list[AlertChange]:
+        """Silence what an active silence matches, un-silence what none matches any more."""
+        async with self._store.transaction() as conn:
+            done = await _silences.sweep(conn, self._clock(), actor)
+        changes = [AlertChange(action, alert, actor) for action, alert in done]
+        self.publish(changes)
+        return changes
+
+    async def create_silence(self, matchers: _silences.Matchers, starts_at: datetime,
+                             ends_at: datetime, comment: str, actor: str
+                             ) -> tuple[_silences.Silence, list[AlertChange]]:
+        """A new silence; open alerts it matches are silenced at once if it is active."""
+        async with self._store.transaction() as conn:
+            silence = await _silences.create_silence(
+                conn, matchers, starts_at, ends_at, comment, actor, self._clock())
+            done = await _silences.sweep(conn, self._clock(), actor)
+        changes = [AlertChange(action, alert, actor) for action, alert in done]
+        self.publish(changes)
+        return silence, changes
+
+    async def end_silence(self, silence_id: uuid.UUID, actor: str,
+                          sites: frozenset[str] | None = None,
+                          check: Callable[[_silences.Silence], None] | None = None,
+                          ) -> tuple[_silences.Silence, list[AlertChange]]:
+        """End a silence now; the open alerts no other silence covers surface again.
+        `check` may refuse (raise) once the silence is read, before anything changes."""
+        async with self._store.transaction() as conn:
+            if check is not None:
+                check(await _silences.get_silence(conn, silence_id, sites, lock=True))
+            silence = await _silences.end_silence(conn, silence_id, sites, actor,
+                                                  self._clock())
+            done = await _silences.sweep(conn, self._clock(), actor)
+        changes = [AlertChange(action, alert, actor) for action, alert in done]
+        self.publish(changes)
+        return silence, changes
 
 
 def _rounds(decisions: Sequence[Decision]) -> list[list[Decision]]:
@@ -184,6 +265,7 @@ def _rounds(decisions: Sequence[Decision]) -> list[list[Decision]]:
                 title=first.title, at=min(first.at, occ.at), details=first.details,
                 count=first.count + occ.count, event_id=first.event_id,
                 last_at=max(first.last_at or first.at, occ.last_at or occ.at),
+                escalation=first.escalation or occ.escalation,
             )
             ops[-1] = Raise(merged, prev.received_at)
         else:

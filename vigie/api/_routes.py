@@ -228,7 +228,8 @@ async def list_alerts(request: web.Request, ctx: ApiContext, p: Principal,
     async with ctx.store.connection() as conn:
         items, cursor = await alerts_q.list_alerts(
             conn, states=q["state"], site=_scoped_site(p, q["site"]), severity=q["severity"],
-            sites=p.sites, limit=q["limit"], cursor=_alert_cursor(q["cursor"]))
+            sites=p.sites, limit=q["limit"], cursor=_alert_cursor(q["cursor"]),
+            silenced=_SILENCED[q["silenced"]])
     return page(items, cursor)
 
 
@@ -244,13 +245,6 @@ async def ack_alert(request: web.Request, ctx: ApiContext, p: Principal,
                     q: dict[str, Any]) -> web.Response:
     comment = await _read_comment(request, required=False)
     alert = await ctx.alerts.acknowledge(q["alert_id"], p.name, comment, p.sites)
-    return ok(alert.to_json())
-
-
-async def resolve_alert(request: web.Request, ctx: ApiContext, p: Principal,
-                        q: dict[str, Any]) -> web.Response:
-    comment = await _read_comment(request, required=False)
-    alert = await ctx.alerts.resolve(q["alert_id"], p.name, comment, p.sites)
     return ok(alert.to_json())
 
 
@@ -275,6 +269,7 @@ _READ = ALL_ROLES
 _OPERATE = frozenset({"admin", "operator"})
 _ADMIN = frozenset({"admin"})
 _SEVERITIES = ("critical", "major", "minor", "info")
+_SILENCED = {"false": False, "true": True, "any": None}
 
 _LIMIT = Param("limit", type="integer", minimum=1, maximum=500, default=100,
                description="page size")
@@ -283,12 +278,15 @@ _ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
 
 
 def endpoints() -> list[Endpoint]:
+    from vigie.api._alert_actions import assign_alert, resolve_alert, unack_alert
     from vigie.api._cameras import camera_endpoints
+    from vigie.api._reports import report_endpoints
+    from vigie.api._silences import silence_endpoints
     from vigie.api._stream import PATH as STREAM_PATH
     from vigie.api._stream import stream
 
     site_q = Param("site", description="site id (slug)")
-    return [*camera_endpoints(),
+    return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",
@@ -311,7 +309,9 @@ def endpoints() -> list[Endpoint]:
                  _READ, response="AlertList", params=(
                      Param("state", enum=("open", "acknowledged", "resolved"), many=True,
                            description="one or several states, comma-separated"),
-                     site_q, Param("severity", enum=_SEVERITIES), _LIMIT, _CURSOR)),
+                     site_q, Param("severity", enum=_SEVERITIES), _LIMIT, _CURSOR,
+                     Param("silenced", enum=tuple(_SILENCED), default="false",
+                           description="silenced alerts are left out unless asked for"))),
         Endpoint("GET", "/api/v1/alerts/{alert_id}", get_alert, "One alert with its history",
                  "alerts", _READ, params=(_ALERT_ID,), response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/ack", ack_alert, "Acknowledge an alert",
@@ -319,7 +319,13 @@ def endpoints() -> list[Endpoint]:
                  response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/resolve", resolve_alert,
                  "Resolve an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
-                 body="CommentBody", response="Alert"),
+                 body="ResolveBody", response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/unack", unack_alert,
+                 "Un-acknowledge an alert (back to open; escalation starts again)", "alerts",
+                 _OPERATE, params=(_ALERT_ID,), body="CommentBody", response="Alert"),
+        Endpoint("POST", "/api/v1/alerts/{alert_id}/assign", assign_alert,
+                 "Assign an alert to an operator", "alerts", _OPERATE, params=(_ALERT_ID,),
+                 body="AssignBody", response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/comments", comment_alert,
                  "Comment on an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
                  body="RequiredCommentBody", response="Alert", statuses=(201,)),

@@ -51,6 +51,10 @@ SCHEMAS: dict[str, Any] = {
             "event_id": {"type": "integer", "nullable": True},
             "related": {"type": "array", "description": "alerts linked by correlation",
                         "items": {"type": "string", "format": "uuid"}},
+            "next_escalation_at": _TS_NULL, "escalated_at": _TS_NULL,
+            "assigned_to": _STR_NULL, "assigned_at": _TS_NULL,
+            "resolution": {"type": "string", "nullable": True, "enum": [
+                "real_incident", "false_alarm", "technical_fault", "test", "auto"]},
             "history": {"type": "array",
                         "items": {"$ref": "#/components/schemas/HistoryEntry"}},
         },
@@ -158,7 +162,9 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"type": "string", "enum": [
                 "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
-                "alert.commented", "alert.correlated", "camera.state", "feed.hello", "feed.gap"]},
+                "alert.commented", "alert.correlated", "alert.unacknowledged", "alert.assigned",
+                "alert.escalated", "alert.silenced", "alert.unsilenced", "camera.state",
+                "feed.hello", "feed.gap"]},
             "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},
             "actor": {"type": "string"}, "alert": {"$ref": "#/components/schemas/Alert"},
             "camera": {
@@ -179,3 +185,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
     },
 }
+
+
+def _workflow_schemas() -> dict[str, Any]:
+    from vigie.api._alert_actions import ACTION_SCHEMAS
+    from vigie.api._reports import REPORT_SCHEMAS
+    from vigie.api._silences import SILENCE_SCHEMAS
+
+    return {**ACTION_SCHEMAS, **SILENCE_SCHEMAS, **REPORT_SCHEMAS}
+
+
+SCHEMAS.update(_workflow_schemas())

@@ -173,8 +173,9 @@ def _responses(ep: Endpoint) -> dict[str, Any]:
         out["503"] = {"description": "Database unavailable", **err}
     if any(p.where == "path" for p in ep.params):
         out["404"] = {"description": "Not found", **err}
-    if ep.body:
+    if ep.body or ep.method == "DELETE":
         out["409"] = {"description": "Conflicts with the current state", **err}
+    if ep.body:
         out["413"] = {"description": "Body too large", **err}
         out["422"] = {"description": "Body is valid JSON but not acceptable", **err}
     return out

@@ -10,18 +10,21 @@ import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vigie.errors import Conflict, NotFound
 
 __all__ = [
+    "RESOLUTIONS",
     "Alert",
     "AlertOccurrence",
+    "Escalation",
     "Filters",
     "HistoryEntry",
     "acknowledge",
     "add_comment",
+    "assign",
     "attach_snapshot",
     "decode_cursor",
     "encode_cursor",
@@ -29,15 +32,34 @@ __all__ = [
     "history",
     "json_page",
     "list_alerts",
+    "may_take",
     "open_counts",
     "resolve",
     "resolve_fingerprint",
     "resolve_fingerprints",
+    "unacknowledge",
     "upsert_alert",
     "upsert_alerts",
 ]
 
 SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "info": 3}
+# What an operator says an alert was, when resolving it; 'auto' is vigie's own (the source
+# recovered by itself).
+RESOLUTIONS = ("real_incident", "false_alarm", "technical_fault", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """Not acknowledged `after` being opened: escalate; then every `repeat`, `max` times in
+    all (once without `repeat`)."""
+
+    after: timedelta
+    repeat: timedelta | None = None
+    max: int = 1
+
+    @property
+    def steps(self) -> int:
+        return self.max if self.repeat is not None else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,7 @@ class AlertOccurrence:
     count: int = 1
     event_id: int | None = None
     last_at: datetime | None = None  # the latest of folded occurrences (default: `at`)
+    escalation: Escalation | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -98,6 +121,11 @@ class Alert:
     snapshots: list[Any]
     event_id: int | None
     related: list[uuid.UUID]  # alerts linked by correlation
+    next_escalation_at: datetime | None
+    escalated_at: datetime | None
+    assigned_to: str | None
+    assigned_at: datetime | None
+    resolution: str | None
 
     @classmethod
     def from_row(cls, row: Any) -> Alert:
@@ -118,27 +146,62 @@ class Alert:
             "escalation_level": self.escalation_level, "silenced": self.silenced,
             "snapshots": self.snapshots, "event_id": self.event_id,
             "related": [str(r) for r in self.related],
+            "next_escalation_at": iso(self.next_escalation_at),
+            "escalated_at": iso(self.escalated_at), "assigned_to": self.assigned_to,
+            "assigned_at": iso(self.assigned_at), "resolution": self.resolution,
         }
 
 
 _COLUMNS = ", ".join(Alert.__slots__)
 
+
+def silence_matches(alert: str, at: str) -> str:
+    """SQL: a silence active at `at` matches the alert (table alias or row) `alert`."""
+    return (f"EXISTS (SELECT 1 FROM silences s WHERE s.ends_at > {at} AND s.starts_at <= {at}"
+            f" AND {alert}.site LIKE s.site_like AND {alert}.source LIKE s.source_like"
+            f" AND {alert}.kind LIKE s.kind_like"
+            f" AND s.source_type IN ('*', {alert}.source_type))")
+
+
+# An alert raised while a matching silence is active is stored silenced: active when it
+# happened (an event replayed later still belongs to its maintenance window) or now, when
+# it is raised (a device whose clock is behind still falls in the window it is sent in).
+# Its escalation counts from when it is raised: nobody could acknowledge an event stored
+# late (replayed after an outage) before it was there to be seen.
+# A repeat changes neither its silence nor its escalation, except that an alert without an
+# escalation policy takes the repeat's (a door opened by day, info, then again at night,
+# critical).
 _UPSERT = f"""
 INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, state, title,
-                    details, opened_at, last_seen_at, count, event_id)
+                    details, opened_at, last_seen_at, count, event_id, escalate_after,
+                    escalate_repeat, escalate_max, escalations_left, next_escalation_at,
+                    silenced)
 SELECT gen_random_uuid(), fingerprint, site, source, source_type, kind, severity, 'open',
-       title, details, at, last_at, count, event_id
+       title, details, at, last_at, count, event_id, esc_after, esc_repeat, esc_max, esc_max,
+       greatest(at, $16::timestamptz) + esc_after,
+       {silence_matches("o", "o.at")} OR {silence_matches("o", "coalesce($16::timestamptz, o.at)")}
 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[])
+            $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[],
+            $13::interval[], $14::interval[], $15::int[])
      AS o(last_at, fingerprint, site, source, source_type, kind, severity, title, details, at,
-          count, event_id)
+          count, event_id, esc_after, esc_repeat, esc_max)
 ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO UPDATE SET
     count = alerts.count + EXCLUDED.count,
     last_seen_at = greatest(alerts.last_seen_at, EXCLUDED.last_seen_at),
     -- a repeat may be graver (the same door, now at night): keep the gravest severity
     severity = CASE WHEN array_position(ARRAY['critical','major','minor','info'], EXCLUDED.severity)
                        < array_position(ARRAY['critical','major','minor','info'], alerts.severity)
-                    THEN EXCLUDED.severity ELSE alerts.severity END
+                    THEN EXCLUDED.severity ELSE alerts.severity END,
+    escalate_after = coalesce(alerts.escalate_after, EXCLUDED.escalate_after),
+    escalate_repeat = CASE WHEN alerts.escalate_after IS NULL THEN EXCLUDED.escalate_repeat
+                           ELSE alerts.escalate_repeat END,
+    escalate_max = CASE WHEN alerts.escalate_after IS NULL THEN EXCLUDED.escalate_max
+                        ELSE alerts.escalate_max END,
+    escalations_left = CASE WHEN alerts.escalate_after IS NULL THEN EXCLUDED.escalations_left
+                            ELSE alerts.escalations_left END,
+    next_escalation_at = CASE WHEN alerts.escalate_after IS NULL AND alerts.state = 'open'
+                              THEN EXCLUDED.next_escalation_at
+                              ELSE alerts.next_escalation_at END
 RETURNING {_COLUMNS}, (xmax = 0) AS inserted
 """
 
@@ -155,9 +218,10 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::
 
 
 async def upsert_alerts(
-    conn: Any, occurrences: Sequence[AlertOccurrence]
+    conn: Any, occurrences: Sequence[AlertOccurrence], now: datetime | None = None
 ) -> list[tuple[Alert, bool]]:
-    """Open alerts, or fold occurrences into the unresolved ones, in one statement.
+    """Open alerts, or fold occurrences into the unresolved ones, in one statement; `now` is
+    when they are raised (for silences; default: each occurrence's time).
 
     Each fingerprint may appear once (ON CONFLICT cannot touch a row twice). Returns each
     alert with True if this call opened it, in the order of `occurrences`.
@@ -171,6 +235,9 @@ async def upsert_alerts(
         [o.kind for o in occ], [o.severity for o in occ], [o.title for o in occ],
         [o.details for o in occ], [o.at for o in occ], [o.count for o in occ],
         [o.event_id for o in occ],
+        [o.escalation.after if o.escalation else None for o in occ],
+        [o.escalation.repeat if o.escalation else None for o in occ],
+        [o.escalation.steps if o.escalation else 0 for o in occ], now,
     )
     by_fingerprint = {r["fingerprint"]: (Alert.from_row(r), bool(r["inserted"])) for r in rows}
     result = [by_fingerprint[o.fingerprint] for o in occ]
@@ -179,8 +246,9 @@ async def upsert_alerts(
         await conn.execute(
             _HISTORY_MANY, [a.id for a, _ in opened], [o.at for _, o in opened],
             ["vigie"] * len(opened), ["opened"] * len(opened), [None] * len(opened),
-            [{"severity": o.severity, **({"event_id": o.event_id} if o.event_id else {})}
-             for _, o in opened],
+            [{"severity": o.severity, **({"event_id": o.event_id} if o.event_id else {}),
+              **({"silenced": True} if a.silenced else {})}
+             for a, o in opened],
         )
     return result
 
@@ -202,7 +270,8 @@ async def resolve_fingerprints(
     if not items:
         return []
     rows = await conn.fetch(
-        f"""UPDATE alerts SET state = 'resolved', resolved_by = $4, resolved_at = r.at
+        f"""UPDATE alerts SET state = 'resolved', resolved_by = $4, resolved_at = r.at,
+                   resolution = 'auto', next_escalation_at = NULL
             FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS r(fingerprint, at, comment)
             WHERE alerts.fingerprint = r.fingerprint AND alerts.state <> 'resolved'
             RETURNING {', '.join('alerts.' + c for c in Alert.__slots__)}, r.comment""",
@@ -232,40 +301,79 @@ async def attach_snapshot(conn: Any, alert_id: uuid.UUID, ref: dict[str, Any]) -
         alert_id, ref)
 
 
-async def _transition(
-    conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, action: str, comment: str | None,
-    sql: str, allowed_from: tuple[str, ...],
-) -> Alert:
-    current = await conn.fetchval("SELECT state FROM alerts WHERE id = $1 FOR UPDATE", alert_id)
-    if current is None:
+async def _lock(conn: Any, alert_id: uuid.UUID, action: str, allowed_from: tuple[str, ...]
+                ) -> Any:
+    """The alert's row, locked for this transaction; 404 or 409 if it cannot take `action`."""
+    row = await conn.fetchrow(
+        "SELECT state, acknowledged_by, assigned_to FROM alerts WHERE id = $1 FOR UPDATE",
+        alert_id)
+    if row is None:
         raise NotFound(f"alert {alert_id} not found")
-    if current not in allowed_from:
-        raise Conflict(f"alert {alert_id} is {current}: cannot {action.removesuffix('d')}")
-    row = await conn.fetchrow(sql, alert_id, actor, at)
-    await conn.execute(_HISTORY, alert_id, at, actor, action, comment, {})
+    if row["state"] not in allowed_from:
+        raise Conflict(f"alert {alert_id} is {row['state']}: cannot {action}")
+    return row
+
+
+async def _change(conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, action: str,
+                  comment: str | None, details: dict[str, Any], assignments: str,
+                  *args: Any) -> Alert:
+    """Update the alert (`assignments` may use v.actor, v.at, then $4, $5… for `args`) and
+    add the history entry."""
+    row = await conn.fetchrow(
+        f"UPDATE alerts SET {assignments} FROM (SELECT $2::text AS actor, $3::timestamptz AS at)"
+        f" AS v WHERE id = $1 RETURNING {_COLUMNS}", alert_id, actor, at, *args)
+    await conn.execute(_HISTORY, alert_id, at, actor, action, comment, details)
     return Alert.from_row(row)
 
 
 async def acknowledge(
     conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, comment: str | None
 ) -> Alert:
-    return await _transition(
-        conn, alert_id, actor, at, "acknowledged", comment,
-        f"""UPDATE alerts SET state = 'acknowledged', acknowledged_by = $2, acknowledged_at = $3
-            WHERE id = $1 RETURNING {_COLUMNS}""",
-        ("open",),
-    )
+    await _lock(conn, alert_id, "acknowledge", ("open",))
+    # Someone has it: no more escalation (until an un-acknowledge).
+    return await _change(conn, alert_id, actor, at, "acknowledged", comment, {},
+                         "state = 'acknowledged', acknowledged_by = v.actor, "
+                         "acknowledged_at = v.at, next_escalation_at = NULL")
+
+
+async def unacknowledge(
+    conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, comment: str | None
+) -> Alert:
+    """Back to open: nobody has it any more, so its escalation starts again from now."""
+    row = await _lock(conn, alert_id, "un-acknowledge", ("acknowledged",))
+    return await _change(
+        conn, alert_id, actor, at, "unacknowledged", comment,
+        {"acknowledged_by": row["acknowledged_by"]},
+        "state = 'open', acknowledged_by = NULL, acknowledged_at = NULL, "
+        "escalations_left = escalate_max, "
+        "next_escalation_at = CASE WHEN escalate_after IS NOT NULL AND escalate_max > 0 "
+        "AND NOT silenced THEN v.at + escalate_after END")
 
 
 async def resolve(
-    conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, comment: str | None
+    conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, comment: str | None,
+    resolution: str | None = None,
 ) -> Alert:
-    return await _transition(
+    await _lock(conn, alert_id, "resolve", ("open", "acknowledged"))
+    return await _change(
         conn, alert_id, actor, at, "resolved", comment,
-        f"""UPDATE alerts SET state = 'resolved', resolved_by = $2, resolved_at = $3
-            WHERE id = $1 RETURNING {_COLUMNS}""",
-        ("open", "acknowledged"),
-    )
+        {"resolution": resolution} if resolution else {},
+        "state = 'resolved', resolved_by = v.actor, resolved_at = v.at, resolution = $4, "
+        "next_escalation_at = NULL", resolution)
+
+
+async def assign(
+    conn: Any, alert_id: uuid.UUID, actor: str, at: datetime, assignee: str | None,
+    comment: str | None,
+) -> Alert:
+    """Give the alert to an operator (None: to nobody). Escalation goes on until someone
+    acknowledges it: being assigned is not being handled."""
+    row = await _lock(conn, alert_id, "assign", ("open", "acknowledged"))
+    return await _change(
+        conn, alert_id, actor, at, "assigned", comment,
+        {"assignee": assignee, "previous": row["assigned_to"]},
+        "assigned_to = $4::text, assigned_at = CASE WHEN $4::text IS NULL THEN NULL ELSE v.at END",
+        assignee)
 
 
 async def add_comment(
@@ -276,6 +384,17 @@ async def add_comment(
         raise NotFound(f"alert {alert_id} not found")
     await conn.execute(_HISTORY, alert_id, at, actor, "commented", comment, {})
     return Alert.from_row(row)
+
+
+async def may_take(conn: Any, name: str, site: str, now: datetime) -> bool:
+    """Whether `name` is an active operator (or admin) token that sees `site`: the people an
+    alert can be assigned to."""
+    return bool(await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM api_tokens
+                          WHERE name = $1 AND revoked_at IS NULL
+                            AND (expires_at IS NULL OR expires_at > $3)
+                            AND role IN ('admin', 'operator')
+                            AND (sites IS NULL OR $2 = ANY(sites)))""", name, site, now))
 
 
 async def get_alert(conn: Any, alert_id: uuid.UUID, sites: frozenset[str] | None) -> Alert:
@@ -316,6 +435,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def list_alerts(
     conn: Any, *, states: list[str] | None, site: str | None, severity: str | None,
     sites: frozenset[str] | None, limit: int, cursor: tuple[datetime, uuid.UUID] | None,
+    silenced: bool | None = None,
 ) -> tuple[str, str | None]:
     """A page of alerts, newest first, as a JSON array (text) and the next cursor.
 
@@ -329,6 +449,8 @@ async def list_alerts(
         where.add("site = {}", site)
     if severity:
         where.add("severity = {}", severity)
+    if silenced is not None:
+        where.add("silenced = {}", silenced)
     if sites is not None:
         where.add("site = ANY({}::text[])", sorted(sites))
     if cursor:
