@@ -217,7 +217,9 @@ async def _notifiers(node: Node, dsn: str) -> AsyncIterator[None]:
     if not node.config.notifiers:
         yield
         return
-    notifiers = Notifiers(node.config, dsn, node.metrics, clock=node.clock)
+    # The wall clock, not the node's: an endsAt or a sent_at is read by another system
+    # against its own clock.
+    notifiers = Notifiers(node.config, dsn, node.metrics)
     node.notifiers = notifiers
     node.spawn("notifiers", notifiers.run())
     try:
