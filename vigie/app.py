@@ -251,7 +251,7 @@ async def _correlation(node: Node) -> AsyncIterator[None]:
     patience = max((c.checks.analyse_every for c in cameras.cameras.values()), default=2.0
                    ) if cameras is not None else 2.0
     correlator = Correlator(node.config, node.store, node.alerts, node.metrics, watched,
-                            clock=node.clock, fresh_within=patience + 1.0)
+                            feed=node.feed, clock=node.clock, fresh_within=patience + 1.0)
     node.alerts.subscribe(correlator.alert_changed)
     node.spawn("correlation", correlator.run())
     try:

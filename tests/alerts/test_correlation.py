@@ -295,3 +295,43 @@ async def test_end_to_end_with_a_real_camera(fresh_dsn: str, mqtt_url: str) -> N
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_node_watching_the_camera_attaches_it_whoever_raised_the_alarm(
+        fresh_dsn: str) -> None:
+    """Two nodes on one database: the alarm is raised on the node without the camera; the
+    node that watches it follows the live feed and attaches its frames."""
+    from tests.cameras.clips import FfmpegMissing, clip
+
+    try:
+        video = clip("h264", seconds=20)
+    except FfmpegMissing as exc:
+        pytest.fail(str(exc))
+    watching = copy.deepcopy(SITES[0])
+    watching["cameras"] = [{"id": "hall", "zone": "batiment-a", "url": f"file://{video}"}]
+    blind = {k: v for k, v in copy.deepcopy(SITES[0]).items() if k != "cameras"}
+    no_mqtt = "mqtt://127.0.0.1:1"
+    config_a = make_config(fresh_dsn, no_mqtt, sites=[blind],
+                           alerts={"correlation": {"snapshot_after": None}})
+    config_b = make_config(fresh_dsn, no_mqtt, sites=[watching],
+                           alerts={"correlation": {"snapshot_after": None}})
+    async with running_node(config_a, with_mqtt=False) as a, \
+            running_node(config_b, with_mqtt=False) as b:
+        assert b.cameras is not None
+        state = b.cameras.cameras[f"{JM}/hall"]
+        await eventually(lambda: _true(state.sample is not None
+                                       and state.sample.snapshot_at is not None), timeout=30)
+        [change] = await a.alerts.raise_now([Raise(AlertOccurrence(
+            site=JM, source="centrale-a", source_type="sensor", kind="intrusion",
+            severity="critical", title="Intrusion", at=datetime.now(UTC)))])
+
+        async def shots() -> list[Any]:
+            async with a.store.connection() as conn:
+                alert = await alerts_q.get_alert(conn, change.alert.id, None)
+            return alert.snapshots
+
+        [shot] = await eventually(shots, timeout=20)
+        assert (shot["camera"], shot["moment"]) == ("hall", "alarm")
+        async with b.store.connection() as conn:
+            path = await conn.fetchval("SELECT path FROM snapshots WHERE id = $1", shot["id"])
+        assert (b.config.node.data_dir / path).read_bytes()[:2] == b"\xff\xd8"

@@ -8,9 +8,10 @@
   alarm to the camera alerts of its site opened in the `link_window` before it: both ways,
   in each alert's `related`.
 
-Each addition is published as an `alert.correlated` change (live feed). Snapshots come from
-the cameras this node watches (their frames are on its disk); in a cluster where another
-node watches the zone's cameras, that node's frames are not attached (see README).
+Each addition is published as an `alert.correlated` change (live feed). A camera's frames
+are on the disk of the node that watches it: with several nodes, each node follows the live
+feed's `alert.opened` messages and attaches the frames of the cameras it watches, whichever
+node raised the alarm. Links are made once, by the node that raised the alert.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from prometheus_client import Counter
 
+from vigie.alerts._feed import SHUTDOWN, Feed
 from vigie.alerts._service import AlertChange, AlertService, Clock, utc_now
 from vigie.config import SENSOR_KINDS, Config
 from vigie.errors import VigieError
@@ -38,7 +41,7 @@ from vigie.store import _alerts as alerts_q
 from vigie.store import _cameras as cameras_q
 from vigie.store import _correlation as q
 
-__all__ = ["Correlator", "SnapshotSource", "WatchedCameras"]
+__all__ = ["Alarm", "Correlator", "SnapshotSource", "WatchedCameras"]
 
 log = logging.getLogger("vigie.correlation")
 
@@ -49,7 +52,8 @@ Work = Callable[[], Awaitable[None]]
 class SnapshotSource(Protocol):
     """The cameras whose frames this node has."""
 
-    def cameras_in_zone(self, site: str, zone: str) -> list[str]: ...
+    def cameras_in_zone(self, site: str, zone: str) -> list[str]:
+        """The cameras of a zone whose frames this node has (those it watches)."""
 
     def request(self, site: str, camera: str) -> None:
         """Ask for a fresh frame; it replaces `latest` within a few seconds."""
@@ -66,7 +70,8 @@ class WatchedCameras:
 
     def cameras_in_zone(self, site: str, zone: str) -> list[str]:
         return [s.camera.id for s in self._supervisor.cameras.values()
-                if s.site.id == site and s.camera.zone == zone]
+                if s.site.id == site and s.camera.zone == zone
+                and self._supervisor.watching(s.key)]
 
     def request(self, site: str, camera: str) -> None:
         self._supervisor.request_snapshot(f"{site}/{camera}")
@@ -74,6 +79,30 @@ class WatchedCameras:
     def latest(self, site: str, camera: str) -> Path:
         path: Path = self._supervisor.snapshot_path(site, camera)
         return path
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """What snapshots need of a sensor alert, from the alert service or the live feed."""
+
+    id: uuid.UUID
+    site: str
+    source: str
+    kind: str
+    severity: str
+    opened_at: datetime
+    zone: str  # the event's, when the sensor's config has none
+
+    @classmethod
+    def of(cls, alert: alerts_q.Alert) -> Alarm:
+        return cls(alert.id, alert.site, alert.source, alert.kind, alert.severity,
+                   alert.opened_at, str(alert.details.get("zone") or ""))
+
+    @classmethod
+    def from_json(cls, alert: dict[str, Any]) -> Alarm:
+        return cls(uuid.UUID(alert["id"]), alert["site"], alert["source"], alert["kind"],
+                   alert["severity"], datetime.fromisoformat(alert["opened_at"]),
+                   str((alert.get("details") or {}).get("zone") or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +115,8 @@ class _Kept:
 
 class Correlator:
     def __init__(self, config: Config, store: Store, alerts: AlertService, metrics: Metrics,
-                 snapshots: SnapshotSource | None, *, clock: Clock = utc_now,
+                 snapshots: SnapshotSource | None, *, feed: Feed | None = None,
+                 clock: Clock = utc_now,
                  sleep: Sleep = asyncio.sleep, fresh_within: float = 3.0, poll: float = 0.1,
                  pending: int = 1000) -> None:
         self._config = config
@@ -94,6 +124,9 @@ class Correlator:
         self._store = store
         self._alerts = alerts
         self._snapshots = snapshots
+        # With a feed, alarms are taken from it (every node's, for this node's cameras);
+        # without one (a lone process), from this node's alert service.
+        self._feed = feed
         self._clock = clock
         self._sleep = sleep
         self.fresh_within = fresh_within  # how long a camera may take to send a new frame
@@ -122,16 +155,18 @@ class Correlator:
             return
         alert = change.alert
         if alert.source_type == "sensor":
-            if self._wants_snapshots(alert):
-                self._later(lambda: self._gather(alert))
+            if self._feed is None:
+                self._alarm(Alarm.of(alert))
             if alert.kind == "intrusion":
                 self._later(lambda: self._link_intrusion(alert))
         elif alert.source_type == "camera":
             self._later(lambda: self._link_camera(alert))
 
-    def _wants_snapshots(self, alert: alerts_q.Alert) -> bool:
-        return (self._snapshots is not None and alert.kind in SENSOR_KINDS
-                and self._rank.get(alert.severity, 99) <= self._rank[self._settings.min_severity])
+    def _alarm(self, alarm: Alarm) -> None:
+        if (self._snapshots is not None and alarm.kind in SENSOR_KINDS
+                and self._rank.get(alarm.severity, 99)
+                <= self._rank[self._settings.min_severity]):
+            self._later(lambda: self._gather(alarm))
 
     def _later(self, work: Work) -> None:
         try:
@@ -151,10 +186,31 @@ class Correlator:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            if self._feed is not None and self._snapshots is not None:
+                tg.create_task(self._follow(self._feed), name="vigie:correlation-feed")
             while True:
                 work = await self._queue.get()
                 await self._slots.acquire()
                 tg.create_task(self._safely(work))
+
+    async def _follow(self, feed: Feed) -> None:
+        """Sensor alarms opened on any node, from the live feed."""
+        while True:
+            subscription = feed.subscribe(None)
+            try:
+                while (message := await subscription.get()) is not None:
+                    if message.type == "alert.opened":
+                        alert = orjson.loads(message.wire)["alert"]
+                        if alert.get("source_type") == "sensor":
+                            self._alarm(Alarm.from_json(alert))
+            finally:
+                feed.unsubscribe(subscription)
+            if subscription.closed_because == SHUTDOWN:
+                return
+            # Dropped for falling behind (an alert storm): the alarms meanwhile go without.
+            self._dropped.inc()
+            log.warning("correlation: fell behind the live feed (%s); following again",
+                        subscription.closed_because)
 
     async def _safely(self, work: Work) -> None:
         try:
@@ -170,14 +226,14 @@ class Correlator:
 
     # snapshots -----------------------------------------------------------------------------
 
-    def _zone(self, alert: alerts_q.Alert) -> str:
+    def _zone(self, alert: Alarm) -> str:
         site = self._config.site(alert.site)
         sensor = site.sensor(alert.source) if site is not None else None
         if sensor is not None and sensor.zone:
             return sensor.zone
-        return str(alert.details.get("zone") or "")
+        return alert.zone
 
-    async def _gather(self, alert: alerts_q.Alert) -> None:
+    async def _gather(self, alert: Alarm) -> None:
         assert self._snapshots is not None
         zone = self._zone(alert)
         cameras = self._snapshots.cameras_in_zone(alert.site, zone) if zone else []
@@ -194,7 +250,7 @@ class Correlator:
             await self._sleep(after)
             await self._shoot(alert, cameras, "after", first)
 
-    async def _shoot(self, alert: alerts_q.Alert, cameras: list[str], moment: str,
+    async def _shoot(self, alert: Alarm, cameras: list[str], moment: str,
                      before: dict[str, float]) -> dict[str, float]:
         """Ask the cameras for a frame, wait for them a little, attach what came; return
         each camera's frame time (the file's mtime)."""
@@ -244,7 +300,7 @@ class Correlator:
             kept.append(_Kept(camera, taken, copy, len(data)))
         return kept
 
-    async def _attach(self, alert: alerts_q.Alert, kept: list[_Kept], moment: str) -> None:
+    async def _attach(self, alert: Alarm, kept: list[_Kept], moment: str) -> None:
         data_dir = self._config.node.data_dir
         async with self._store.transaction() as conn:
             for k in kept:
