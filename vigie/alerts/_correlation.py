@@ -199,10 +199,15 @@ class Correlator:
             subscription = feed.subscribe(None)
             try:
                 while (message := await subscription.get()) is not None:
-                    if message.type == "alert.opened":
+                    if message.type != "alert.opened":
+                        continue
+                    try:
                         alert = orjson.loads(message.wire)["alert"]
                         if alert.get("source_type") == "sensor":
                             self._alarm(Alarm.from_json(alert))
+                    except (KeyError, TypeError, ValueError) as exc:  # not fatal to the rest
+                        log.warning("correlation: unreadable feed message %d: %r",
+                                    message.seq, exc)
             finally:
                 feed.unsubscribe(subscription)
             if subscription.closed_because == SHUTDOWN:
