@@ -34,6 +34,7 @@ from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
 from vigie.config import Config
+from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.notify import Notifiers
@@ -41,6 +42,7 @@ from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicR
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
 from vigie.store import Store
+from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
 
 __all__ = ["Node", "open_store", "running_node"]
@@ -123,13 +125,14 @@ def load_schedule(config: Config) -> Schedule:
     return Schedule(config.sites, SchoolCalendar.load(path) if path is not None else None)
 
 
-async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None) -> Store:
+async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = None,
+                     on_progress: MigrationProgress | None = None) -> Store:
     """Connect to the configured PostgreSQL, or start the embedded one; migrate."""
     dsn = dsn or await database_dsn(config, stack)
     store = await Store.open(dsn, size=config.database.pool_size,
                              timeout=config.database.connect_timeout)
     stack.push_async_callback(store.close)
-    applied = await store.migrate()
+    applied = await store.migrate(on_progress)
     if applied:
         log.info("database schema migrated (%d migration(s))", applied)
     return store
@@ -269,6 +272,7 @@ async def _api(node: Node) -> AsyncIterator[None]:
                      feed=node.feed)
     app = make_api(ctx)
     install_stream(app, node.feed)
+    install_console(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

@@ -72,14 +72,28 @@ async def _with_store(config: Config, work: Callable[[Any], Awaitable[int]]) -> 
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    config = _load(args)
+    from vigie.app import open_store
+    from vigie.progress import Progress
 
-    async def work(conn: Any) -> int:
-        version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    config = _load(args)
+    progress: list[Progress] = []
+
+    def step(done: int, total: int, migration: Any) -> None:
+        if not progress:
+            progress.append(Progress("migrations", total))
+        progress[0].advance(note=f"{migration.version:04d}_{migration.name}")
+
+    async def work() -> int:
+        async with AsyncExitStack() as stack:
+            store = await open_store(config, stack, on_progress=step)
+            if progress:
+                progress[0].close()
+            async with store.connection() as conn:
+                version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
         print(f"database schema at version {version}")
         return 0
 
-    return asyncio.run(_with_store(config, work))
+    return asyncio.run(work())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -169,10 +183,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_calendar(args: argparse.Namespace) -> int:
     from vigie.alerts._calendar import DEFAULT_CALENDAR_PATH, CalendarError, import_calendar
+    from vigie.progress import Progress
 
     output = args.output or DEFAULT_CALENDAR_PATH
     try:
-        calendar = import_calendar(args.file, output)
+        with Progress("calendar import", total=1) as progress:
+            calendar = import_calendar(args.file, output)
+            progress.advance(note=f"{len(calendar.records)} record(s) validated and written")
     except CalendarError as exc:
         print(f"vigie: {exc.source}: nothing written", file=sys.stderr)
         for problem in exc.problems:
@@ -185,6 +202,24 @@ def cmd_calendar(args: argparse.Namespace) -> int:
         print(f"  {zone}: {', '.join(years)}")
     for note in calendar.notes():
         print(f"  note: {note}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vigie.cli_status import run_status
+
+    url = args.url or os.environ.get("VIGIE_URL")
+    if not url:
+        config = load_config(_config_path(args))
+        host = config.api.host if config.api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{config.api.port}"
+    return run_status(url, args.token, args.alerts, args.json)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from vigie.cli_completion import completion_script
+
+    sys.stdout.write(completion_script(_parser(), args.shell))
     return 0
 
 
@@ -229,6 +264,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default="./var/demo")
     demo.add_argument("--listen", default="127.0.0.1:8080")
     demo.set_defaults(func=cmd_demo)
+    status = sub.add_parser("status", parents=[common],
+                            help="summary of a running node, through its API")
+    status.add_argument("--url", help="the node's API (default: $VIGIE_URL, else api.listen "
+                        "of the config)")
+    status.add_argument("--token", help="an API token, any role (default: $VIGIE_TOKEN); "
+                        "without one, only health and metrics")
+    status.add_argument("--alerts", type=int, default=10, help="how many alerts to list")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+    from vigie.cli_completion import SHELLS
+
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(func=cmd_completion)
     return parser
 
 

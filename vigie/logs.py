@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
 
 from vigie.secrets import redact_text
 
-__all__ = ["setup_logging"]
+__all__ = ["REQUEST_ID", "RequestIdFilter", "setup_logging"]
+
+# The API request being served (set by the API's middleware): every line logged while
+# serving it carries its id, as does the response (X-Request-Id).
+REQUEST_ID: ContextVar[str | None] = ContextVar("vigie_request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to records logged while an API request is served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
 
 
 class _Redacting(logging.Formatter):
@@ -41,6 +56,7 @@ def setup_logging(level: str = "info", fmt: str = "human") -> None:
         handler.setFormatter(_JsonLines())
     else:
         handler.setFormatter(_Redacting("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

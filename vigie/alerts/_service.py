@@ -81,6 +81,11 @@ class AlertService:
             elif change.action == "escalated":
                 a = change.alert
                 self._metrics.alerts_escalated.labels(a.site, a.severity).inc()
+            if change.action != "repeated":  # repeats are counted, not logged one by one
+                a = change.alert
+                log.info("alert %s %s by %s", a.fingerprint, change.action, change.actor,
+                         extra={"alert_id": str(a.id), "alert_action": change.action,
+                                "severity": a.severity})
             for listener in self._listeners:
                 try:
                     listener(change)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -15,12 +17,36 @@ from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
 from vigie.api._spec import Endpoint, openapi_document, parse_params
 from vigie.errors import VigieError
+from vigie.logs import REQUEST_ID
 from vigie.store import _audit as audit
 
 __all__ = ["CONTEXT", "make_api"]
 
 CONTEXT = web.AppKey("context", ApiContext)
 log = logging.getLogger("vigie.api")
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Each request gets an id (the client's X-Request-Id if it is a sane one, e.g. from a
+    reverse proxy), logged with every line written while it is served and sent back."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+    token = REQUEST_ID.set(request_id)
+    try:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own 404/405: still answered with the id
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        if not response.prepared:  # a WebSocket has sent its headers already
+            response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        REQUEST_ID.reset(token)
 
 
 @web.middleware
@@ -73,6 +99,16 @@ async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
                     actor, exc)
 
 
+def _log_request(request: web.Request, ep: Endpoint, principal: Principal | None,
+                 status: int, started: float) -> None:
+    extra: dict[str, Any] = {"route": ep.path, "status": status}
+    if "alert_id" in request.match_info:
+        extra["alert_id"] = request.match_info["alert_id"][:64]
+    log.info("%s %s %d %.1fms by %s", ep.method, request.path, status,
+             (time.perf_counter() - started) * 1000,
+             principal.name if principal else "anonymous", extra=extra)
+
+
 def _wrap(ep: Endpoint) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CONTEXT]
@@ -85,6 +121,8 @@ def _wrap(ep: Endpoint) -> Any:
         except Exception as exc:
             response = error_response(request, exc)
         status = response.status
+        if ep.method != "GET" or status >= 500:  # what changes state, and what failed
+            _log_request(request, ep, principal, status, started)
         if ep.audited:
             await _audit(request, ctx, ep, principal, status)
         ctx.metrics.http_requests.labels(ep.path, ep.method, str(status)).inc()
@@ -96,7 +134,7 @@ def _wrap(ep: Endpoint) -> Any:
 
 
 def make_api(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[security_headers, error_middleware],
+    app = web.Application(middlewares=[request_ids, security_headers, error_middleware],
                           client_max_size=256 * 1024)
     app[CONTEXT] = ctx
     table = endpoints()

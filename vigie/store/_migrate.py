@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
 
-__all__ = ["Migration", "apply_migrations", "load_migrations"]
+__all__ = ["Migration", "MigrationProgress", "apply_migrations", "load_migrations"]
 
 log = logging.getLogger("vigie.store")
 
@@ -43,8 +44,16 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply what is missing; return the migrations applied by this call."""
+# (applied so far, to apply, the migration just applied)
+MigrationProgress = Callable[[int, int, "Migration"], None]
+
+
+async def apply_migrations(
+    conn: asyncpg.Connection,
+    on_progress: MigrationProgress | None = None,
+) -> list[Migration]:
+    """Apply what is missing; return the migrations applied by this call. `on_progress`
+    hears (applied so far, to apply, the migration just applied)."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -55,9 +64,8 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[Migration]:
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         applied = []
-        for mig in load_migrations():
-            if mig.version in done:
-                continue
+        missing = [mig for mig in load_migrations() if mig.version not in done]
+        for mig in missing:
             started = time.monotonic()
             async with conn.transaction():
                 await conn.execute(mig.sql)
@@ -68,6 +76,8 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[Migration]:
             log.info("applied migration %04d_%s in %.2fs", mig.version, mig.name,
                      time.monotonic() - started)
             applied.append(mig)
+            if on_progress is not None:
+                on_progress(len(applied), len(missing), mig)
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

@@ -13,7 +13,7 @@ import orjson
 
 from vigie.errors import StoreError, StoreUnavailable
 from vigie.secrets import redact_text
-from vigie.store._migrate import apply_migrations
+from vigie.store._migrate import MigrationProgress, apply_migrations
 
 __all__ = ["Store"]
 
@@ -68,10 +68,10 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def migrate(self) -> int:
+    async def migrate(self, on_progress: MigrationProgress | None = None) -> int:
         """Apply missing migrations; return how many were applied."""
         async with self.connection() as conn:
-            return len(await apply_migrations(conn))
+            return len(await apply_migrations(conn, on_progress))
 
     async def ping(self) -> None:
         async with self.connection() as conn:
