@@ -278,6 +278,22 @@ async def breakdown(dsn: str, count: int, wall: list[float],
     }
 
 
+async def ingest_batches(url: str) -> str:
+    """Mean batch size and commit time of the node's ingest writer, from its /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
+        text = await r.text()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("vigie_db_write_seconds_sum", "vigie_db_write_seconds_count",
+                    "vigie_db_write_batch_size_sum", "vigie_db_write_batch_size_count"):
+            values[name] = float(value)
+    batches = values.get("vigie_db_write_seconds_count") or 1.0
+    size = values.get("vigie_db_write_batch_size_sum", 0.0) / batches
+    ms = 1000 * values.get("vigie_db_write_seconds_sum", 0.0) / batches
+    return f"{batches:,.0f} batches of {size:.1f} messages, {ms:.2f} ms each on average"
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -357,6 +373,7 @@ async def run(args: argparse.Namespace, workdir: Path, dsn: str) -> int:
         stop_bare.set()
         processes[0].join(10)
         steps = await breakdown(dsn, count, list(published_wall), received)
+        writer = await ingest_batches(url)
     finally:
         for p in processes:
             if p.is_alive():
@@ -383,6 +400,7 @@ async def run(args: argparse.Namespace, workdir: Path, dsn: str) -> int:
     for step, values in steps.items():
         s50, s99, smax = (x * 1000 for x in percentiles(values))
         print(f"    {step:<34} p50 {s50:6.2f} ms   p99 {s99:6.2f} ms   max {smax:6.2f} ms")
+    print(f"    (the node's ingest writer: {writer})")
     print(f"  node CPU {100 * (cpu1 - cpu0) / (t1 - t0):.0f} % of a core; load average "
           f"{load_before} before, {load_after} after ({os.cpu_count()} cores)")
     target = 20.0
