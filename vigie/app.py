@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -38,6 +39,7 @@ from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.notify import Notifiers
+from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
@@ -111,8 +113,9 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 async def database_dsn(config: Config, stack: AsyncExitStack) -> str:
     """The configured PostgreSQL's DSN, or the embedded one's (started for the stack)."""
-    if config.database.dsn is not None:
-        return config.database.dsn.reveal()
+    configured = config.database.connect_dsn()  # password_file and sslmode merged in
+    if configured is not None:
+        return configured
     from vigie.store._embedded import embedded_postgres
 
     dsn: str = await stack.enter_async_context(embedded_postgres(config.node.data_dir))
@@ -202,7 +205,8 @@ async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetim
 async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
     """Before every producer of changes and the API, so it is left after them: what they
     published is written before it stops."""
-    feed = Feed(node.store, node.metrics, dsn, clock=node.clock)
+    feed = Feed(node.store, node.metrics, dsn, clock=node.clock,
+                keep_seconds=node.config.retention.feed)
     await feed.start()
     node.alerts.subscribe(feed.alert_changed)
     node.feed = feed
@@ -246,6 +250,19 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
         await supervisor.stop()
 
 
+def _api_tls(config: Config) -> ssl.SSLContext | None:
+    """HTTPS served directly, when a certificate and key are configured (TLS 1.2 or later)."""
+    if config.api.tls_cert is None or config.api.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.api.tls_cert), str(config.api.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise VigieError(f"api.tls_cert / api.tls_key: cannot load ({exc})") from None
+    return context
+
+
 @asynccontextmanager
 async def _correlation(node: Node) -> AsyncIterator[None]:
     """After the cameras whose snapshots it attaches: left before them."""
@@ -275,10 +292,11 @@ async def _api(node: Node) -> AsyncIterator[None]:
     install_console(app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.api.host, config.api.port)
+    tls = _api_tls(config)
+    site = web.TCPSite(runner, config.api.host, config.api.port, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
-    node.api_url = f"http://{host}:{port}"
+    node.api_url = f"{'https' if tls else 'http'}://{host}:{port}"
     log.info("API listening on %s", node.api_url)
     try:
         yield
@@ -303,9 +321,11 @@ async def running_node(
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config))
-        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh"))
+        stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
+        if config.retention.on_nodes:
+            node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
         await stack.enter_async_context(_notifiers(node, dsn))
         await stack.enter_async_context(_cameras(node))

@@ -139,8 +139,11 @@ def cmd_token(args: argparse.Namespace) -> int:
         unknown = [s for s in sites or [] if config.site(s) is None]
         if unknown:
             raise VigieError(f"unknown site(s): {', '.join(unknown)}")
-        expires = (datetime.now(UTC) + timedelta(seconds=_duration(args.expires))
-                   if args.expires else None)
+        try:
+            lifetime = _duration(args.expires) if args.expires else None
+        except ValueError as exc:
+            raise VigieError(f"--expires {args.expires!r}: {exc} (e.g. 90d, 12h)") from None
+        expires = datetime.now(UTC) + timedelta(seconds=lifetime) if lifetime else None
         token, info = await _tokens.create_token(
             conn, name=args.name, role=args.role, sites=sites, expires_at=expires)
         await audit.record(conn, actor=_operator(), action="token.create", target=info.name,
@@ -170,6 +173,29 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     work = {"create": create, "list": list_, "revoke": revoke}[args.token_cmd]
     return asyncio.run(_with_store(config, work))
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """One retention pass (partitions ahead, expired data purged), e.g. from cron."""
+    from vigie.app import open_store
+    from vigie.retention import RetentionJob
+
+    config = _load(args)
+
+    async def work() -> int:
+        async with AsyncExitStack() as stack:
+            store = await open_store(config, stack)
+            report = await RetentionJob(store, config, lambda: datetime.now(UTC)).run_once()
+        if not report.ran:
+            print("another node is running retention now; nothing done")
+            return 0
+        print(f"partitions created: {', '.join(report.created) or 'none'}")
+        print(f"partitions dropped: {', '.join(report.dropped) or 'none'}")
+        deleted = ", ".join(f"{k} {n}" for k, n in report.deleted.items() if n)
+        print(f"rows deleted: {deleted or 'none'}; snapshot files removed: {report.files}")
+        return 0
+
+    return asyncio.run(work())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -238,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_migrate)
     sub.add_parser("check-config", parents=[common], help="validate a config file"
                    ).set_defaults(func=cmd_check_config)
+    sub.add_parser("retention", parents=[common],
+                   help="purge expired data and create partitions ahead, once"
+                   ).set_defaults(func=cmd_retention)
     token = sub.add_parser("token", help="API tokens")
     tsub = token.add_subparsers(dest="token_cmd", required=True)
     create = tsub.add_parser("create", parents=[common], help="create a token (shown once)")

@@ -5,6 +5,7 @@ The models are frozen: inside vigie the configuration is already valid.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -29,11 +31,12 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from vigie.errors import ConfigError
-from vigie.secrets import Secret, redact_url
+from vigie.secrets import Secret, redact_url, register_secret
 
 __all__ = [
     "CAMERA_REASONS",
@@ -52,6 +55,7 @@ __all__ = [
     "NodeConfig",
     "Notifier",
     "OpeningHours",
+    "RetentionConfig",
     "SensorConfig",
     "SiteConfig",
     "WebhookNotifier",
@@ -67,7 +71,8 @@ SEVERITIES = ("critical", "major", "minor", "info")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\{(?:file:(?P<file>[^}]+)"
+                  r"|(?P<var>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
 
 
 def _duration(value: Any) -> float:
@@ -132,6 +137,38 @@ class DatabaseConfig(_Model):
     write_queue: int = Field(default=50_000, ge=100, le=10_000_000)
     batch_size: int = Field(default=2_000, ge=1, le=50_000)
     connect_timeout: Duration = 5.0
+    # The password, from a file (a mounted secret) rather than in the DSN.
+    password_file: Path | None = None
+    # libpq's TLS settings, passed through to the connection (asyncpg reads them).
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
+                     "verify-full"] | None = None
+    sslrootcert: Path | None = None
+    sslcert: Path | None = None
+    sslkey: Path | None = None
+
+    def connect_dsn(self) -> str | None:
+        """The DSN to connect with: the password from `password_file` and the ssl settings
+        merged in. Never logged: it holds the password."""
+        if self.dsn is None:
+            return None
+        parts = urlsplit(self.dsn.reveal())
+        netloc = parts.netloc
+        if self.password_file is not None:
+            password = _read_secret_file(self.password_file)
+            user, _, host = netloc.rpartition("@")
+            name = user.partition(":")[0]
+            netloc = f"{name}:{quote(password, safe='')}@{host}"
+        query = dict(parse_qsl(parts.query))
+        for key in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+            value = getattr(self, key)
+            if value is not None:
+                query[key] = str(value)
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+
+    @field_validator("password_file", "sslrootcert", "sslcert", "sslkey", mode="after")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _readable_file(value)
 
     @field_validator("dsn", mode="after")
     @classmethod
@@ -142,10 +179,34 @@ class DatabaseConfig(_Model):
         return value
 
 
+class MqttTls(_Model):
+    """TLS to the broker: the CA that signed its certificate, and a client certificate
+    when the broker asks for one."""
+
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Check that the certificate names the host of `url` (turn off only for tests).
+    check_hostname: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file", mode="after")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _readable_file(value)
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class MqttConfig(_Model):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None  # instead of `password`: a mounted secret
+    tls: MqttTls | None = None  # also implied by mqtts://
     client_id: str | None = None  # default: vigie-<node.name>; fixed so the session persists
     topic_prefix: str = "vigie"
     qos: Literal[0, 1, 2] = 1
@@ -161,12 +222,68 @@ class MqttConfig(_Model):
             raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
         return value
 
+    @field_validator("password_file", mode="after")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _readable_file(value)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def secret_password(self) -> Secret | None:
+        """The password, from the config or from `password_file` (read when connecting, so
+        a rotated secret file is picked up at the next connection)."""
+        if self.password_file is not None:
+            return Secret(_read_secret_file(self.password_file))
+        return self.password
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls is not None or self.url.startswith("mqtts://")
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r}: expected an IP address or network, e.g. 10.0.0.0/8"
+                         ) from None
+    return value
+
+
+def _origin(value: str) -> str:
+    if value != "*" and not re.match(r"^https?://[^/\s]+$", value):
+        raise ValueError(f"{value!r}: expected an origin such as https://csu.example.fr")
+    return value
+
 
 class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
     # How operators and other tools reach this API (links in notifications); default:
     # http://<listen>.
     public_url: str | None = None
+    # Serve HTTPS directly (both or neither); else plain HTTP, e.g. behind a TLS proxy.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: the client address of
+    # the audit log and of the authentication throttle is taken from them only.
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
+    # Browser origins allowed to call the API (CORS); none by default.
+    cors_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = ()
+
+    @field_validator("tls_cert", "tls_key", mode="after")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _readable_file(value)
+
+    @model_validator(mode="after")
+    def _pair(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -657,6 +774,68 @@ def _duplicate_names(items: list[Any]) -> list[InitErrorDetails]:
             first[name] = i
     return errors
 
+DAY = 86_400.0
+# The legal maximum for video-protection images in France (Code de la sécurité intérieure,
+# art. L252-5): a month. 30 days, to be on the safe side of every month.
+MAX_IMAGE_RETENTION = 30 * DAY
+
+
+class RetentionConfig(_Model):
+    """How long each kind of data is kept. Partitioned tables (events, camera samples,
+    audit) lose whole partitions, so their rows live at least this long and at most one
+    partition (a day for samples, a month for events and audit) longer."""
+
+    snapshots: Duration = 7 * DAY  # JPEG images: at most 30 days
+    events: Duration = 365 * DAY
+    camera_samples: Duration = 90 * DAY  # health samples and state transitions
+    audit: Duration = 730 * DAY
+    dead_letters: Duration = 30 * DAY
+    feed: Duration = DAY  # the live feed's replay backlog
+    every: Duration = 3600.0  # how often the retention job runs
+    # False: nodes leave retention to `vigie retention` (e.g. a cron job as the tables'
+    # owner, when nodes run as a role that may not create or drop partitions).
+    on_nodes: bool = True
+
+    @field_validator("snapshots", mode="after")
+    @classmethod
+    def _legal(cls, value: float) -> float:
+        if value > MAX_IMAGE_RETENTION:
+            raise ValueError(
+                f"{value / DAY:g} days is above the legal maximum of 30 days for "
+                "video-protection images (Code de la sécurité intérieure, art. L252-5)")
+        return value
+
+    @field_validator("events", "camera_samples", "audit", mode="after")
+    @classmethod
+    def _at_least_a_day(cls, value: float) -> float:
+        if value < DAY:
+            raise ValueError("at least 1d: these tables are purged a partition at a time")
+        return value
+
+    @model_validator(mode="after")
+    def _audit_outlives_images(self) -> RetentionConfig:
+        # Who looked at an image must stay known at least as long as the image exists.
+        if self.audit < self.snapshots:
+            raise ValueError("audit must be kept at least as long as snapshots")
+        return self
+
+
+def _readable_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"{value}: no such file")
+    return value
+
+
+def _read_secret_file(path: Path) -> str:
+    """A secret from a file: the whole file, less its final newline (as `echo` writes it)."""
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the secret ({type(exc).__name__})"]
+                          ) from None
+    register_secret(secret)
+    return secret
+
 
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -672,6 +851,7 @@ class Config(_Model):
     defaults: Defaults = Defaults()
     alerts: AlertsConfig = AlertsConfig()
     notifiers: Annotated[tuple[Notifier, ...], _unique(_duplicate_names)] = ()
+    retention: RetentionConfig = RetentionConfig()
     # A directory of per-site YAML files, merged into `sites` (relative to the config file).
     sites_dir: Path | None = None
     sites: Annotated[
@@ -737,21 +917,30 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return problems
 
 
-def _substitute(node: Any, path: str, problems: list[str]) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string value."""
+def _substitute(node: Any, path: str, problems: list[str], base_dir: Path | None = None
+                ) -> Any:
+    """Replace ${VAR}, ${VAR:-default} and ${file:PATH} (a secret file's content, PATH
+    relative to the config file) in every string value."""
     if isinstance(node, dict):
-        return {
-            k: _substitute(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
-        }
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), problems, base_dir)
+                for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return [_substitute(v, f"{path}[{i}]", problems, base_dir) for i, v in enumerate(node)]
     if not isinstance(node, str) or "${" not in node:
         return node
 
     def repl(m: re.Match[str]) -> str:
-        value = os.environ.get(m.group(1), m.group(2))
+        if m["file"] is not None:
+            try:
+                secret = _read_secret_file((base_dir or Path()) / m["file"].strip())
+            except ConfigError as exc:
+                problems.extend(f"{path}: {p}" for p in exc.problems)
+                return ""
+            register_secret(secret)  # whatever field it lands in, it is masked in logs
+            return secret
+        value = os.environ.get(m["var"], m["default"])
         if value is None:
-            problems.append(f"{path}: environment variable {m.group(1)} is not set")
+            problems.append(f"{path}: environment variable {m['var']} is not set")
             return ""
         return value
 
@@ -833,7 +1022,7 @@ def _merge_sites_dir(
         doc = _read_yaml(file, problems, str(file))
         for site in doc if isinstance(doc, list) else [doc] if doc is not None else []:
             origin[len(merged)] = str(file)
-            merged.append(_substitute(site, f"sites[{len(merged)}]", problems))
+            merged.append(_substitute(site, f"sites[{len(merged)}]", problems, file.parent))
     return {**raw, "sites": merged}, origin
 
 
@@ -863,7 +1052,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Co
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of sections"], source)
-    raw = _substitute(raw, "", problems)
+    raw = _substitute(raw, "", problems, base_dir)
     raw, origin = _merge_sites_dir(raw, base_dir, problems)
     try:
         config = Config.model_validate(raw)

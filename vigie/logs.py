@@ -50,12 +50,13 @@ class _JsonLines(logging.Formatter):
         return redact_text(orjson.dumps(entry, default=str).decode())
 
 
-def setup_logging(level: str = "info", fmt: str = "human") -> None:
+def setup_logging(level: str = "info", fmt: str = "human", prefix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonLines())
     else:
-        handler.setFormatter(_Redacting("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            _Redacting(f"%(asctime)s {prefix}%(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

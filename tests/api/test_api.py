@@ -52,7 +52,7 @@ def _to_json_schema(node: Any) -> Any:
     if node.get("nullable") is True:
         if "type" in out:
             out["type"] = [out["type"], "null"]
-        if "enum" in out:
+        if "enum" in out and None not in out["enum"]:
             out["enum"] = [*out["enum"], None]
     if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False
@@ -138,11 +138,11 @@ class Api:
 
     async def call(self, method: str, path: str, token: str | None = None, *,
                    auth: str | None = None, session: aiohttp.ClientSession | None = None,
-                   **kwargs: Any) -> Reply:
+                   headers: dict[str, str] | None = None, **kwargs: Any) -> Reply:
         """`token` defaults to the fixture's; `auth` sets the raw Authorization header
-        ("" sends none)."""
+        ("" sends none); `headers` are sent too."""
         header = auth if auth is not None else f"Bearer {token or self.token}"
-        headers = {"Authorization": header} if header else {}
+        headers = {**(headers or {}), **({"Authorization": header} if header else {})}
         async with (session or self.session).request(
                 method, self.base + path, headers=headers, **kwargs) as r:
             raw = await r.read()

@@ -20,14 +20,17 @@ if TYPE_CHECKING:
 
 __all__ = ["ACTION_SCHEMAS", "assign_alert", "resolve_alert", "unack_alert"]
 
-_COMMENT = {"type": "string", "maxLength": 4000}
+# null is taken as left out (schemathesis holds the document to what the server accepts).
+_COMMENT = {"type": "string", "maxLength": 4000, "nullable": True}
 
 ACTION_SCHEMAS: dict[str, Any] = {
     "ResolveBody": {
         "type": "object", "additionalProperties": False,
         "properties": {
             "comment": _COMMENT,
-            "resolution": {"type": "string", "enum": list(alerts_q.RESOLUTIONS),
+            # OpenAPI 3.0: a nullable enum lists null among its values.
+            "resolution": {"type": "string", "enum": [*alerts_q.RESOLUTIONS, None],
+                           "nullable": True,
                            "description": "what the alert turned out to be"}},
         "example": {"comment": "rondier sur place : porte mal fermée",
                     "resolution": "false_alarm"},

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from aiohttp import web
+
 from vigie.store import Store
 from vigie.store._tokens import authenticate
 
-__all__ = ["Authenticator", "Principal"]
+__all__ = ["Authenticator", "Principal", "client_address", "forwarded_https"]
 
 # A valid token is re-checked against the database at most this often (revocation delay).
 CACHE_SECONDS = 5.0
@@ -66,3 +70,53 @@ class Authenticator:
             self._cache.clear()
         self._cache[token] = (time.monotonic(), principal)
         return principal
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(trusted: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in trusted)
+
+
+def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def client_address(request: web.Request, trusted: tuple[str, ...]) -> str:
+    """The address of the client, for the audit log and the authentication throttle.
+
+    X-Forwarded-For is believed only as far as it was written by trusted proxies: walking it
+    from the right (the hop nearest to us), the first address that is not a trusted proxy is
+    the client. Without trusted proxies, the header is ignored: anyone can send one.
+    """
+    peer = request.remote or "?"
+    networks = _networks(trusted)
+    if not networks or not _trusted(peer, networks):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ())
+            for h in v.split(",")]
+    address = peer
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        address = hop
+        if not _trusted(hop, networks):
+            break
+    return address[:64]  # bounded: it goes into the audit log and a dictionary key
+
+
+def forwarded_https(request: web.Request, trusted: tuple[str, ...]) -> bool:
+    """Whether the client's connection is HTTPS: ours, or the trusted proxy's in front."""
+    if request.secure:
+        return True
+    networks = _networks(trusted)
+    if not networks or not _trusted(request.remote or "?", networks):
+        return False
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https"

@@ -46,6 +46,10 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
         return json_error(503, "database_unavailable",
                           "the database is unavailable; try again shortly",
                           headers={"Retry-After": "5"})
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        # RFC 9110: a 405 lists the methods the resource supports.
+        return json_error(405, "method_not_allowed", f"{exc.method} not allowed here",
+                          headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return json_error(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
                           exc.reason or "error")

@@ -258,6 +258,10 @@ async def comment_alert(request: web.Request, ctx: ApiContext, p: Principal,
 
 async def list_dead_letters(request: web.Request, ctx: ApiContext, p: Principal,
                             q: dict[str, Any]) -> web.Response:
+    if p.sites is not None:
+        # A rejected message belongs to no known site (often the reason it was rejected):
+        # its topic and payload may be another site's, so only an admin of every site reads.
+        raise ApiError(403, "forbidden", "dead letters need an admin token for every site")
     async with ctx.store.connection() as conn:
         items = await events_q.list_dead_letters(conn, q["limit"])
     return ok({"items": items, "next_cursor": None})
@@ -279,6 +283,7 @@ _ALERT_ID = Param("alert_id", where="path", type="uuid", required=True)
 
 def endpoints() -> list[Endpoint]:
     from vigie.api._alert_actions import assign_alert, resolve_alert, unack_alert
+    from vigie.api._audit import audit_endpoints
     from vigie.api._cameras import camera_endpoints
     from vigie.api._reports import report_endpoints
     from vigie.api._silences import silence_endpoints
@@ -286,7 +291,7 @@ def endpoints() -> list[Endpoint]:
     from vigie.api._stream import stream
 
     site_q = Param("site", description="site id (slug)")
-    return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(),
+    return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(), *audit_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",
@@ -316,13 +321,14 @@ def endpoints() -> list[Endpoint]:
                  "alerts", _READ, params=(_ALERT_ID,), response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/ack", ack_alert, "Acknowledge an alert",
                  "alerts", _OPERATE, params=(_ALERT_ID,), body="CommentBody",
-                 response="Alert"),
+                 body_required=False, response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/resolve", resolve_alert,
                  "Resolve an alert", "alerts", _OPERATE, params=(_ALERT_ID,),
-                 body="ResolveBody", response="Alert"),
+                 body="ResolveBody", body_required=False, response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/unack", unack_alert,
                  "Un-acknowledge an alert (back to open; escalation starts again)", "alerts",
-                 _OPERATE, params=(_ALERT_ID,), body="CommentBody", response="Alert"),
+                 _OPERATE, params=(_ALERT_ID,), body="CommentBody", body_required=False,
+                 response="Alert"),
         Endpoint("POST", "/api/v1/alerts/{alert_id}/assign", assign_alert,
                  "Assign an alert to an operator", "alerts", _OPERATE, params=(_ALERT_ID,),
                  body="AssignBody", response="Alert"),

@@ -100,7 +100,8 @@ SCHEMAS: dict[str, Any] = {
     "DeadLetterList": _list_of("DeadLetter"),
     "CommentBody": {
         "type": "object", "additionalProperties": False,
-        "properties": {"comment": {"type": "string", "maxLength": 4000}},
+        # null or left out: no comment
+        "properties": {"comment": {"type": "string", "maxLength": 4000, "nullable": True}},
     },
     "RequiredCommentBody": {
         "type": "object", "additionalProperties": False, "required": ["comment"],
@@ -180,6 +181,20 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "enum": ["trimmed", "unknown"]},
         },
     },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["id", "at", "actor", "action", "target", "site", "remote", "outcome",
+                     "details"],
+        "properties": {
+            "id": {"type": "integer"}, "at": _TS, "actor": {"type": "string"},
+            "action": {"type": "string"}, "target": {"type": "string", "nullable": True},
+            "site": {"type": "string", "nullable": True},
+            "remote": {"type": "string", "nullable": True,
+                       "description": "client address (forwarded by a trusted proxy)"},
+            "outcome": {"type": "string", "description": "HTTP status, or ok"},
+            "details": {"type": "object"}},
+    },
+    "AuditList": _list_of("AuditEntry"),
     "Health": {
         "type": "object", "required": ["status"],
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},

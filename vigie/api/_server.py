@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from vigie import __version__
-from vigie.api._auth import Principal
+from vigie.api._auth import Principal, client_address, forwarded_https
 from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
@@ -49,21 +49,53 @@ async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
         REQUEST_ID.reset(token)
 
 
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 @web.middleware
 async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response: web.StreamResponse = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    # An API, not pages: nothing to load, nothing to frame.
+    response.headers.setdefault("Content-Security-Policy",
+                                "default-src 'none'; frame-ancestors 'none'")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Cache-Control", "no-store")
+    api = request.app[CONTEXT].config.api
+    if forwarded_https(request, api.trusted_proxies):
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     response.headers["Server"] = "vigie"  # not the versions of Python and aiohttp
+    return response
+
+
+_CORS_METHODS = "GET, POST, DELETE"
+_CORS_HEADERS = "Authorization, Content-Type"
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Cross-origin calls from the configured origins only; none unless configured."""
+    allowed = request.app[CONTEXT].config.api.cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or origin is None or not ("*" in allowed or origin in allowed):
+        response: web.StreamResponse = await handler(request)
+        return response
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response = web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": _CORS_METHODS,
+            "Access-Control-Allow-Headers": _CORS_HEADERS, "Access-Control-Max-Age": "600"})
+    else:
+        response = await handler(request)
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
     return response
 
 
 async def _principal(request: web.Request, ctx: ApiContext, ep: Endpoint) -> Principal | None:
     if ep.roles is None:
         return None
-    remote = request.remote or "?"
+    remote = client_address(request, ctx.config.api.trusted_proxies)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -91,7 +123,8 @@ async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
     try:
         async with ctx.store.connection() as conn:
             await audit.record(conn, actor=actor, action=ep.operation_id,
-                               target=request.path, site=site, remote=request.remote,
+                               target=request.path, site=site,
+                               remote=client_address(request, ctx.config.api.trusted_proxies),
                                outcome=str(status),
                                details={"role": principal.role} if principal else {})
     except VigieError as exc:
@@ -134,7 +167,7 @@ def _wrap(ep: Endpoint) -> Any:
 
 
 def make_api(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[request_ids, security_headers, error_middleware],
+    app = web.Application(middlewares=[request_ids, security_headers, cors, error_middleware],
                           client_max_size=256 * 1024)
     app[CONTEXT] = ctx
     table = endpoints()

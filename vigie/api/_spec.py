@@ -141,6 +141,7 @@ class Endpoint:
     roles: frozenset[str] | None  # None: no token needed
     params: tuple[Param, ...] = ()
     body: str | None = None  # component schema name of the JSON body
+    body_required: bool = True  # False: the body may be left out altogether
     response: str | None = None  # component schema name of the 200 answer
     content_type: str = "application/json"
     statuses: tuple[int, ...] = field(default=(200,))
@@ -171,7 +172,8 @@ def _responses(ep: Endpoint) -> dict[str, Any]:
         out["403"] = {"description": "Role not allowed", **err}
         out["429"] = {"description": "Too many failed authentications", **err}
         out["503"] = {"description": "Database unavailable", **err}
-    if any(p.where == "path" for p in ep.params):
+    # A filter on a site the token may not see answers as for an unknown site: 404.
+    if any(p.where == "path" or p.name == "site" for p in ep.params):
         out["404"] = {"description": "Not found", **err}
     if ep.body or ep.method == "DELETE":
         out["409"] = {"description": "Conflicts with the current state", **err}
@@ -194,11 +196,14 @@ def openapi_document(endpoints: list[Endpoint], schemas: dict[str, Any], version
             op["parameters"] = [
                 {"name": p.name, "in": p.where, "required": p.required or p.where == "path",
                  "description": p.description, "schema": p.schema(),
-                 **({"style": "form", "explode": False} if p.many else {})}
+                 **({"style": "form", "explode": False} if p.many else {}),
+                 # `?site=` is taken as no filter, as browsers' forms send it.
+                 **({"allowEmptyValue": True} if p.where == "query" and not p.required
+                    else {})}
                 for p in ep.params
             ]
         if ep.body:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
+            op["requestBody"] = {"required": ep.body_required, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{ep.body}"}}}}
         if ep.roles is not None:
             op["security"] = [{"bearer": []}]

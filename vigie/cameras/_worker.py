@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from vigie.cameras._stream import CameraSpec, StreamWatcher
+from vigie.logs import setup_logging
 
 __all__ = ["Sample", "worker_main"]
 
@@ -132,5 +133,6 @@ def worker_main(conn: Connection, report_every: float) -> None:
     # The node handles SIGINT/SIGTERM and stops us through the pipe; a Ctrl-C in a terminal
     # reaches the whole process group, and must not kill workers mid-report.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
+    # Redacted like the node's own logs: stream errors may quote a camera's URL.
+    setup_logging("warning", "human", prefix="worker ")
     _Worker(conn, report_every).run()

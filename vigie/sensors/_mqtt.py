@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,19 @@ class Received:
     body: list[SensorEvent] | DeviceStatus | DeadLetter
 
 
+def _set_tls(client: paho.Client, config: MqttConfig) -> ssl.SSLContext:
+    """TLS with the configured CA (else the system's) and client certificate, if any."""
+    tls = config.tls
+    context = ssl.create_default_context(
+        cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls is not None and tls.cert_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    client.tls_set_context(context)
+    if tls is not None and not tls.check_hostname:
+        client.tls_insecure_set(True)  # the certificate is still verified against the CA
+    return context
+
+
 class MqttSubscriber:
     def __init__(
         self, config: MqttConfig, client_id: str, router: TopicRouter,
@@ -89,10 +103,10 @@ class MqttSubscriber:
         )
         self._client.connect_timeout = CONNECT_TIMEOUT
         if config.username:
+            password = config.secret_password()
             self._client.username_pw_set(
-                config.username, config.password.reveal() if config.password else None)
-        if url.scheme == "mqtts":
-            self._client.tls_set()
+                config.username, password.reveal() if password else None)
+        self._tls = _set_tls(self._client, config) if config.uses_tls else None
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -146,8 +160,13 @@ class MqttSubscriber:
         # then immediate (a blackholed host would otherwise stall everything for seconds).
         infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
         address = str(infos[0][4][0])
-        _, writer = await asyncio.wait_for(asyncio.open_connection(address, self._port),
-                                           CONNECT_TIMEOUT)
+        # Over TLS, the handshake too: a broker vigie cannot trust (or that refuses vigie's
+        # certificate) fails here, on the loop, rather than in paho's blocking handshake,
+        # which would also leave its socket unclosed.
+        tls: dict[str, Any] = (
+            {"ssl": self._tls, "server_hostname": self._host} if self._tls else {})
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(address, self._port, **tls), CONNECT_TIMEOUT)
         writer.close()
         kwargs: dict[str, Any] = {}
         if self._v5:
@@ -159,7 +178,10 @@ class MqttSubscriber:
             kwargs = {"clean_start": False, "properties": props}
         self._lost.clear()
         self._accepted.clear()
-        self._client.connect(address, self._port, self._config.keepalive, **kwargs)
+        # Over TLS the certificate names the host, not its address: paho resolves it again
+        # (answered from the resolver's cache, just filled above).
+        host = self._host if self._config.uses_tls else address
+        self._client.connect(host, self._port, self._config.keepalive, **kwargs)
         # Only the CONNACK has a deadline. The SUBACK may sit behind a backlog the broker
         # replays for our session first; if our inbox is full meanwhile, it can take as
         # long as the database needs, and timing out there would throw the session's

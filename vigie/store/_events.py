@@ -39,10 +39,18 @@ WITH src AS (
                          $6::text[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[],
                          $10::int[])
         AS u(dedup_key, site, sensor, kind, state, zone, ts, received_at, data, battery)
+), fresh AS (
+    -- The key's own table decides what is new (events is partitioned by time, so it cannot
+    -- hold a unique index on the key alone): a concurrent writer of the same key waits for
+    -- this transaction, then finds the key taken.
+    INSERT INTO event_keys (dedup_key, received_at)
+    SELECT dedup_key, received_at FROM src
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING dedup_key
 ), ins AS (
     INSERT INTO events (dedup_key, site, sensor, kind, state, zone, ts, received_at, data)
-    SELECT dedup_key, site, sensor, kind, state, zone, ts, received_at, data FROM src
-    ON CONFLICT (dedup_key) DO NOTHING
+    SELECT dedup_key, site, sensor, kind, state, zone, ts, received_at, data
+    FROM src JOIN fresh USING (dedup_key)
     RETURNING id, dedup_key
 ), latest AS (
     -- tamper reports ride along a device's state; they are not its state
