@@ -30,6 +30,7 @@ from vigie.alerts import (
     escalation_by_severity,
     utc_now,
 )
+from vigie.alerts._correlation import Correlator, WatchedCameras
 from vigie.alerts._feed import Feed
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
@@ -39,6 +40,7 @@ from vigie.config import Config, MqttConfig
 from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
+from vigie.notify import Notifiers
 from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
@@ -66,6 +68,7 @@ class Node:
     schedule: Schedule | None = None
     cameras: CameraSupervisor | None = None
     feed: Feed | None = None
+    notifiers: Notifiers | None = None
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
@@ -268,6 +271,23 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def _notifiers(node: Node, dsn: str) -> AsyncIterator[None]:
+    """After the feed they read (through the database): left before it."""
+    if not node.config.notifiers:
+        yield
+        return
+    # The wall clock, not the node's: an endsAt or a sent_at is read by another system
+    # against its own clock.
+    notifiers = Notifiers(node.config, dsn, node.metrics)
+    node.notifiers = notifiers
+    node.spawn("notifiers", notifiers.run())
+    try:
+        yield
+    finally:
+        await node.stop("notifiers")
+
+
+@asynccontextmanager
 async def _cameras(node: Node) -> AsyncIterator[None]:
     supervisor = CameraSupervisor(node.config, node.store, node.alerts, node.metrics,
                                   node.clock, workers=node.config.node.camera_workers)
@@ -324,6 +344,23 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def _correlation(node: Node) -> AsyncIterator[None]:
+    """After the cameras whose snapshots it attaches: left before them."""
+    cameras = node.cameras
+    watched = WatchedCameras(cameras) if cameras is not None and cameras.cameras else None
+    patience = max((c.checks.analyse_every for c in cameras.cameras.values()), default=2.0
+                   ) if cameras is not None else 2.0
+    correlator = Correlator(node.config, node.store, node.alerts, node.metrics, watched,
+                            feed=node.feed, clock=node.clock, fresh_within=patience + 1.0)
+    node.alerts.subscribe(correlator.alert_changed)
+    node.spawn("correlation", correlator.run())
+    try:
+        yield
+    finally:
+        await node.stop("correlation")
+
+
+@asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
@@ -370,8 +407,10 @@ async def running_node(
         if config.retention.on_nodes:
             node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
+        await stack.enter_async_context(_notifiers(node, dsn))
         await stack.enter_async_context(_cameras(node))
         await stack.enter_async_context(_cluster(node))
+        await stack.enter_async_context(_correlation(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         # After every listener subscribed (the feed): the first tick may publish at once.

@@ -49,6 +49,8 @@ SCHEMAS: dict[str, Any] = {
             "escalation_level": {"type": "integer"}, "silenced": {"type": "boolean"},
             "snapshots": {"type": "array", "items": {}},
             "event_id": {"type": "integer", "nullable": True},
+            "related": {"type": "array", "description": "alerts linked by correlation",
+                        "items": {"type": "string", "format": "uuid"}},
             "next_escalation_at": _TS_NULL, "escalated_at": _TS_NULL,
             "assigned_to": _STR_NULL, "assigned_at": _TS_NULL,
             "resolution": {"type": "string", "nullable": True, "enum": [
@@ -161,7 +163,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"type": "string", "enum": [
                 "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
-                "alert.commented", "alert.unacknowledged", "alert.assigned",
+                "alert.commented", "alert.correlated", "alert.unacknowledged", "alert.assigned",
                 "alert.escalated", "alert.silenced", "alert.unsilenced", "camera.state",
                 "feed.hello", "feed.gap"]},
             "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},

@@ -170,6 +170,22 @@ class CameraSupervisor:
         self._send(state.worker, "relearn", key)
         self._later(self._reference_writer(state.site.id, state.camera.id, None))
 
+    def watching(self, key: str) -> bool:
+        """Whether this node watches the camera now (its frames are on this node's disk)."""
+        return key in self.cameras and bool(self._workers) and self._watches(key)
+
+    def request_snapshot(self, key: str) -> bool:
+        """Have a camera's next analysed keyframe written as its snapshot (within about
+        `analyse_every`), whatever the snapshot period; False if it is not watched here."""
+        if not self.watching(key):
+            return False
+        self._send(self.cameras[key].worker, "snapshot", key)
+        return True
+
+    def snapshot_path(self, site: str, camera: str) -> Path:
+        """Where a camera's latest snapshot is (replaced atomically by its worker)."""
+        return self._snapshots / site / f"{camera}.jpg"
+
     # from the workers -------------------------------------------------------------------
 
     def _readable(self, index: int) -> None:
