@@ -32,15 +32,18 @@ from vigie.alerts import (
     escalation_by_severity,
     utc_now,
 )
+from vigie.alerts._correlation import Correlator, WatchedCameras
 from vigie.alerts._feed import Feed
 from vigie.alerts._storms import StormGuard
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
-from vigie.config import Config
+from vigie.cluster import HEARTBEAT_LOCK, MQTT_LOCK, CameraLeases, Leadership, NodePresence
+from vigie.config import Config, MqttConfig
 from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
+from vigie.notify import Notifiers
 from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
@@ -71,9 +74,13 @@ class Node:
     schedule: Schedule | None = None
     cameras: CameraSupervisor | None = None
     feed: Feed | None = None
+    notifiers: Notifiers | None = None
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
+    dsn: str = ""
+    leases: CameraLeases | None = None  # several nodes: this node's share of the cameras
+    mqtt_election: Leadership | None = None  # cluster.mqtt: elected
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     stopping_since: float | None = None  # time.monotonic() when shutdown began
@@ -110,7 +117,8 @@ class Node:
     def readiness(self) -> dict[str, str]:
         checks = {"database": "ok" if self.store.available else (
             f"database unreachable: {self.store.unavailable}")}
-        if self.subscriber is not None:
+        standby = self.mqtt_election is not None and not self.mqtt_election.leading
+        if self.subscriber is not None and not standby:
             checks["mqtt"] = "ok" if self.subscriber.connected else (
                 f"not connected to {self.subscriber.endpoint}")
         if self.writer is not None:
@@ -179,7 +187,8 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     inbox: Inbox[Received] = Inbox(config.database.write_queue)
     _measure(node, "ingest", inbox.__len__, inbox.capacity)
     node.metrics.queue_peak.labels("ingest").set_function(lambda: inbox.peak)
-    subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
+    mqtt, client_id = _mqtt_settings(config)
+    subscriber = MqttSubscriber(mqtt, client_id, TopicRouter(config),
                                 inbox, node.metrics, node.clock)
     spool: Spool | None = None
     if config.spool.enabled:
@@ -197,15 +206,31 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,
                                  silent)
     node.spawn("ingest-writer", writer.run())
-    if heartbeat.enabled:
+    if heartbeat.enabled and config.cluster.enabled:
+        # Each node stores only its share of the events: one node at a time watches for
+        # silent sensors, on what all of them stored.
+        node.spawn("heartbeat", Leadership(node.dsn, HEARTBEAT_LOCK, "sensor heartbeats").run(
+            lambda: _heartbeat_leader(node, rules, writer)))
+    elif heartbeat.enabled:
         node.spawn("heartbeat", heartbeat.run())
-    node.spawn("mqtt", subscriber.run())
+    if config.cluster.enabled and config.cluster.mqtt == "elected":
+        node.mqtt_election = Leadership(
+            node.dsn, MQTT_LOCK, "MQTT subscriber", interval=config.cluster.interval,
+            on_change=lambda leading: node.metrics.cluster_mqtt_leader.set(int(leading)))
+        node.spawn("mqtt", node.mqtt_election.run(subscriber.run))
+    else:
+        node.spawn("mqtt", subscriber.run())
     try:
         yield
     finally:
         # Stop reading; write (or spool) and acknowledge what was received, over the
         # connection that is still up; then disconnect. Anything else stays at the broker
-        # for our session.
+        # for our session. In a shared group, leave it first: the others take this node's
+        # share meanwhile.
+        if mqtt.shared_group and not await subscriber.leave_shared_group(
+                min(1.0, node.remaining() / 5)):
+            log.warning("the broker did not confirm the unsubscription: messages may wait in "
+                        "this node's session until a node of this name comes back")
         subscriber.pause()
         inbox.close()
         writing = node.tasks.get("ingest-writer")
@@ -219,6 +244,36 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
         await node.stop("mqtt", "ingest-writer", "heartbeat", budget=1.0)
         if spool is not None:
             await spool.close()
+
+
+def _mqtt_settings(config: Config) -> tuple[MqttConfig, str]:
+    """The broker settings and client id of this node: in a cluster, a shared subscription
+    group ("vigie" unless named), or, elected, one client id for whichever node subscribes,
+    so that the persistent session and what it holds follow the election."""
+    if not config.cluster.enabled:
+        return config.mqtt, config.mqtt_client_id
+    if config.cluster.mqtt == "elected":
+        return config.mqtt, config.mqtt.client_id or f"vigie-elected-{config.mqtt.topic_prefix}"
+    group = config.mqtt.shared_group or "vigie"
+    return config.mqtt.model_copy(update={"shared_group": group}), config.mqtt_client_id
+
+
+async def _heartbeat_leader(node: Node, rules: RuleBook, writer: IngestWriter) -> None:
+    """Silent sensors, watched by the elected node: silence counts from its election, the
+    alerts already open are known, and what the other nodes stored is read every round."""
+    silent = await _seed_last_seen(node.store, writer.last_seen)
+    monitor = HeartbeatMonitor(node.config, rules, node.alerts, writer.last_seen, node.clock,
+                               silent)
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(monitor.interval)
+            with contextlib.suppress(VigieError):
+                await _seed_last_seen(node.store, writer.last_seen)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(monitor.run())
+        tasks.create_task(follow())
 
 
 async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]
@@ -253,12 +308,29 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def _notifiers(node: Node, dsn: str) -> AsyncIterator[None]:
+    """After the feed they read (through the database): left before it."""
+    if not node.config.notifiers:
+        yield
+        return
+    # The wall clock, not the node's: an endsAt or a sent_at is read by another system
+    # against its own clock.
+    notifiers = Notifiers(node.config, dsn, node.metrics)
+    node.notifiers = notifiers
+    node.spawn("notifiers", notifiers.run())
+    try:
+        yield
+    finally:
+        await node.stop("notifiers")
+
+
+@asynccontextmanager
 async def _cameras(node: Node) -> AsyncIterator[None]:
     supervisor = CameraSupervisor(node.config, node.store, node.alerts, node.metrics,
                                   node.clock, workers=node.config.node.camera_workers)
     node.cameras = supervisor
     supervisor.on_state = node.feed.camera_state if node.feed else None
-    await supervisor.start()
+    await supervisor.start(watch_all=not node.config.cluster.enabled)
     node.spawn("cameras", supervisor.run())
     _measure(node, "camera_history", supervisor.backlog, supervisor.backlog_limit)
     storms = node.alerts.storms
@@ -316,6 +388,51 @@ def _api_tls(config: Config) -> ssl.SSLContext | None:
 
 
 @asynccontextmanager
+async def _cluster(node: Node) -> AsyncIterator[None]:
+    """After the cameras and before the sensors: the leases say which cameras this node
+    watches; on shutdown they are released before the supervisor stops, so the other nodes
+    take them over at once. A lone node only says it is up (GET /api/v1/nodes)."""
+    assert node.cameras is not None
+    if node.config.cluster.enabled:
+        leases = CameraLeases(node.config, node.dsn, node.cameras, node.metrics)
+        node.leases = leases
+        await leases.start()
+        node.spawn("cluster", leases.run())
+        try:
+            yield
+        finally:
+            await node.stop("cluster", budget=1.0)
+            await leases.leave()
+        return
+    cameras = node.cameras
+    presence = NodePresence(node.config.node.name, node.store, lambda: len(cameras.cameras))
+    await presence.start()
+    node.spawn("presence", presence.run())
+    try:
+        yield
+    finally:
+        await node.stop("presence", budget=1.0)
+        await presence.leave()
+
+
+@asynccontextmanager
+async def _correlation(node: Node) -> AsyncIterator[None]:
+    """After the cameras whose snapshots it attaches: left before them."""
+    cameras = node.cameras
+    watched = WatchedCameras(cameras) if cameras is not None and cameras.cameras else None
+    patience = max((c.checks.analyse_every for c in cameras.cameras.values()), default=2.0
+                   ) if cameras is not None else 2.0
+    correlator = Correlator(node.config, node.store, node.alerts, node.metrics, watched,
+                            feed=node.feed, clock=node.clock, fresh_within=patience + 1.0)
+    node.alerts.subscribe(correlator.alert_changed)
+    node.spawn("correlation", correlator.run())
+    try:
+        yield
+    finally:
+        await node.stop("correlation")
+
+
+@asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
@@ -361,7 +478,7 @@ async def running_node(
             alerts.storms = StormGuard(config, metrics, clock)
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
-                    schedule=load_schedule(config))
+                    schedule=load_schedule(config), dsn=dsn)
         started.append(node)
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
@@ -369,7 +486,10 @@ async def running_node(
         if config.retention.on_nodes:
             node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
+        await stack.enter_async_context(_notifiers(node, dsn))
         await stack.enter_async_context(_cameras(node))
+        await stack.enter_async_context(_cluster(node))
+        await stack.enter_async_context(_correlation(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         # After every listener subscribed (the feed): the first tick may publish at once.

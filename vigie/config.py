@@ -43,20 +43,25 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "SENSOR_KINDS",
     "AlertRule",
+    "AlertmanagerNotifier",
     "ApiConfig",
     "CameraConfig",
+    "ClusterConfig",
     "Config",
+    "CorrelationConfig",
     "DatabaseConfig",
     "EscalationConfig",
     "LoggingConfig",
     "MqttConfig",
     "NodeConfig",
+    "Notifier",
     "OpeningHours",
     "RetentionConfig",
     "SensorConfig",
     "SiteConfig",
     "SpoolConfig",
     "StormConfig",
+    "WebhookNotifier",
     "load_config",
     "parse_config",
 ]
@@ -245,6 +250,9 @@ class MqttConfig(_Model):
     session_expiry: Duration = 86_400.0
     max_payload: int = Field(default=65_536, ge=256, le=16_777_216)
     protocol: Literal["3.1.1", "5"] = "5"
+    # MQTT 5 shared subscriptions: subscribe to $share/<group>/<filter>, so that the nodes
+    # of a cluster split the sensor traffic (default with cluster.enabled: "vigie").
+    shared_group: str | None = Field(default=None, pattern=r"^[^/+#$]{1,64}$")
 
     @field_validator("url")
     @classmethod
@@ -293,6 +301,9 @@ def _origin(value: str) -> str:
 
 class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
+    # How operators and other tools reach this API (links in notifications); default:
+    # http://<listen>.
+    public_url: str | None = None
     # Serve HTTPS directly (both or neither); else plain HTTP, e.g. behind a TLS proxy.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -320,6 +331,17 @@ class ApiConfig(_Model):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port, e.g. 127.0.0.1:8080")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("expected http(s)://host[:port][/path], without credentials")
+        return value.rstrip("/") if value else value
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.listen}"
 
     @property
     def host(self) -> str:
@@ -695,8 +717,25 @@ class StormConfig(_Model):
     release_after: Duration = 60.0
 
 
+class CorrelationConfig(_Model):
+    """What a sensor alarm gathers: snapshots of its zone's cameras, and links."""
+
+    # Sensor alerts at least this grave get the snapshots of the cameras of their zone
+    # (intrusion, panic, tamper, a door at night; not a door during class hours).
+    min_severity: Severity = "major"
+    # A second snapshot this long after the alarm (None: only the one at the alarm time).
+    snapshot_after: Duration | None = 5.0
+    # No snapshot for an alarm handled later than this (a backlog replayed after an
+    # outage): the camera's picture then is not the picture at the alarm time.
+    max_delay: Duration = 60.0
+    # An intrusion alarm links to the camera alerts of its site opened this long before it;
+    # a camera alert links to every intrusion alarm of its site still unresolved.
+    link_window: Duration = 600.0
+
+
 class AlertsConfig(_Model):
     rules: tuple[AlertRule, ...] = DEFAULT_RULES
+    correlation: CorrelationConfig = CorrelationConfig()
     # Severity of each camera health reason: covered and moved are likely tampering.
     camera: dict[CameraReason, Severity] = Field(default_factory=_camera_severities)
 
@@ -716,6 +755,81 @@ class AlertsConfig(_Model):
     escalation: dict[Severity, EscalationConfig] = Field(default_factory=dict)
     storm: StormConfig = StormConfig()
 
+
+NOTIFIER_TYPES = ("webhook", "alertmanager")
+# Alert changes a webhook can be told of (the live feed's alert.<action> messages).
+NotifyAction = Literal["opened", "repeated", "acknowledged", "unacknowledged", "assigned",
+                       "resolved", "commented", "escalated", "silenced", "unsilenced",
+                       "correlated"]
+
+
+def _http_url(value: Secret) -> Secret:
+    # Never echo the value: a notifier URL may carry a token or a password.
+    if not re.match(r"^https?://[^/?#\s]+(/\S*)?$", value.reveal()):
+        raise ValueError("expected http(s)://host[:port][/path]")
+    return value
+
+
+def _not_empty(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise ValueError("must list at least one")
+    return value
+
+
+def _strong_secret(value: Secret) -> Secret:
+    if len(value.reveal()) < 16:
+        raise ValueError("too short: at least 16 characters (e.g. openssl rand -hex 32)")
+    return value
+
+
+class _NotifierBase(_Model):
+    name: Slug  # metric label and the key of its progress in PostgreSQL: keep it stable
+    url: Annotated[SecretUrl, AfterValidator(_http_url)]
+    severities: Annotated[tuple[Severity, ...], AfterValidator(_not_empty)] = (
+        "critical", "major", "minor", "info")
+    sites: tuple[str, ...] | None = None  # None: every site
+    timeout: Duration = 10.0  # per request
+    max_attempts: int = Field(default=6, ge=1, le=100)  # then a dead letter
+    retry_first: Duration = 1.0  # first retry delay, doubled at each attempt (with jitter)
+    retry_max: Duration = 300.0
+
+
+class WebhookNotifier(_NotifierBase):
+    """POST a JSON body signed with HMAC-SHA256 (X-Vigie-Signature-256) per alert change."""
+
+    type: Literal["webhook"]
+    secret: Annotated[SecretStr, AfterValidator(_strong_secret)]
+    # `unsilenced`: an alert raised during a silence that ended while it is still open is
+    # news, like an opening.
+    actions: Annotated[tuple[NotifyAction, ...], AfterValidator(_not_empty)] = (
+        "opened", "unsilenced", "escalated", "acknowledged", "resolved")
+
+
+class AlertmanagerNotifier(_NotifierBase):
+    """Prometheus Alertmanager API v2: `url` is its base (http://alertmanager:9093)."""
+
+    type: Literal["alertmanager"]
+    # Active alerts are posted again this often: keep it well under Alertmanager's
+    # resolve_timeout (5m by default), or it resolves them on its own.
+    resend_every: Duration = 60.0
+
+
+Notifier = Annotated[WebhookNotifier | AlertmanagerNotifier, Field(discriminator="type")]
+
+
+def _duplicate_names(items: list[Any]) -> list[InitErrorDetails]:
+    errors: list[InitErrorDetails] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = _field(item, "name")
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            message = f"duplicate notifier name {name!r} (already used by notifiers[{first[name]}])"
+            errors.append(_duplicate((i, "name"), message, name))
+        else:
+            first[name] = i
+    return errors
 
 DAY = 86_400.0
 # The legal maximum for video-protection images in France (Code de la sécurité intérieure,
@@ -780,6 +894,27 @@ def _read_secret_file(path: Path) -> str:
     return secret
 
 
+class ClusterConfig(_Model):
+    """Several nodes on one database and one broker (vigie.cluster)."""
+
+    # Off: this node watches every camera and subscribes to every topic, as a lone node.
+    enabled: bool = False
+    # A node that stops renewing (dead, or cut from the database) loses its cameras after
+    # this long; the others take them over within it plus `interval`.
+    lease_seconds: Duration = Field(default=15.0, ge=1.0, le=600.0)
+    # How often a node looks for free cameras and handovers (one check interval).
+    interval: Duration = Field(default=1.0, ge=0.1, le=60.0)
+    # Cameras a node may take beyond its fair share (cameras / live nodes) when some are free.
+    margin: int = Field(default=2, ge=0, le=1000)
+    # Cameras one node hands over at a time when another joins (each is watched by the new
+    # node before the old one lets go).
+    handover_step: int = Field(default=10, ge=1, le=10_000)
+    # Sensor traffic: "shared" (MQTT 5 shared subscriptions, group mqtt.shared_group or
+    # "vigie"), or "elected" for brokers without them: one node, elected through a
+    # PostgreSQL advisory lock, subscribes (with one client id, so its session follows).
+    mqtt: Literal["shared", "elected"] = "shared"
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["human", "json"] = "human"
@@ -791,9 +926,11 @@ class Config(_Model):
     spool: SpoolConfig = SpoolConfig()
     mqtt: MqttConfig = MqttConfig()
     api: ApiConfig = ApiConfig()
+    cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     defaults: Defaults = Defaults()
     alerts: AlertsConfig = AlertsConfig()
+    notifiers: Annotated[tuple[Notifier, ...], _unique(_duplicate_names)] = ()
     retention: RetentionConfig = RetentionConfig()
     # A directory of per-site YAML files, merged into `sites` (relative to the config file).
     sites_dir: Path | None = None
@@ -801,6 +938,16 @@ class Config(_Model):
         tuple[SiteConfig, ...],
         _unique(lambda items: _duplicate_ids("site", items), _duplicate_topics),
     ] = ()
+
+    @model_validator(mode="after")
+    def _cluster_needs(self) -> Config:
+        if self.cluster.enabled and self.database.dsn is None:
+            raise ValueError("cluster.enabled: the nodes share one PostgreSQL, set "
+                             "database.dsn (the embedded server is a node's own)")
+        if self.cluster.enabled and self.cluster.mqtt == "elected" and self.mqtt.shared_group:
+            raise ValueError("cluster.mqtt: elected (one node subscribes) and "
+                             "mqtt.shared_group (every node subscribes) exclude each other")
+        return self
 
     def site(self, site_id: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -818,6 +965,8 @@ class Config(_Model):
 
 
 def _path_of(loc: tuple[int | str, ...]) -> str:
+    if len(loc) > 2 and loc[0] == "notifiers" and loc[2] in NOTIFIER_TYPES:
+        loc = loc[:2] + loc[3:]  # the union's tag: not a key the user wrote
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -840,6 +989,8 @@ def _message(err: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "required"
+    if kind in ("union_tag_not_found", "union_tag_invalid"):  # a notifier's `type`
+        return "expected one of " + ", ".join(NOTIFIER_TYPES)
     if kind == "string_pattern_mismatch" and err["loc"][-1:] == ("uai",):
         return "expected a UAI code: 7 digits and a letter, e.g. 0781234A"
     msg = str(err["msg"])
@@ -850,6 +1001,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors(include_input=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("[")))
+        if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            loc += ("type",)
         problems.append(f"{_path_of(loc)}: {_message(err)}")
     return problems
 
@@ -971,6 +1124,13 @@ def _with_origin(problem: str, origin: dict[int, str]) -> str:
     return problem
 
 
+def _unknown_notifier_sites(config: Config) -> list[str]:
+    known = {site.id for site in config.sites}
+    return [f"notifiers[{i}].sites[{j}]: unknown site {site!r}"
+            for i, notifier in enumerate(config.notifiers)
+            for j, site in enumerate(notifier.sites or ()) if site not in known]
+
+
 def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Config:
     """Validate an already-parsed document; raise ConfigError with every problem.
 
@@ -989,6 +1149,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Co
     except ValidationError as exc:
         problems.extend(_format_errors(exc))
         config = None
+    if config is not None:
+        problems.extend(_unknown_notifier_sites(config))
     if problems or config is None:
         raise ConfigError([_with_origin(p, origin) for p in problems], source)
     calendar = config.alerts.school_calendar

@@ -114,5 +114,29 @@ class Metrics:
             "vigie_http_request_seconds", "API request duration", ["route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=r)
 
+        # Several nodes (vigie.cluster).
+        self.cluster_cameras_leased = Gauge(
+            "vigie_cluster_cameras_leased", "Cameras whose lease this node holds", registry=r)
+        self.cluster_nodes = Gauge(
+            "vigie_cluster_nodes", "Live nodes sharing the cameras, as this node sees them",
+            registry=r)
+        self.cluster_renew_failures = Counter(
+            "vigie_cluster_lease_renew_failures",
+            "Lease renewals that failed (database unreachable or too slow)", registry=r)
+        self.cluster_lease_lapses = Counter(
+            "vigie_cluster_lease_lapses",
+            "Times this node stopped watching its cameras, unable to prove it held them",
+            registry=r)
+        self.cluster_handovers = Counter(
+            "vigie_cluster_handovers", "Cameras handed over between nodes, by direction",
+            ["direction"], registry=r)
+        self.cluster_claims = Counter(
+            "vigie_cluster_claims", "Free cameras this node took (a node stopped or died)",
+            registry=r)
+        self.cluster_mqtt_leader = Gauge(
+            "vigie_cluster_mqtt_leader",
+            "1 while this node is the elected MQTT subscriber (cluster.mqtt: elected)",
+            registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -50,7 +50,8 @@ Listener = Callable[[AlertChange], None]
 
 # Every AlertChange.action; the feed sends them as `alert.<action>`.
 CHANGES = ("opened", "repeated", "acknowledged", "unacknowledged", "assigned", "commented",
-           "escalated", "silenced", "unsilenced", "resolved")
+           "escalated", "silenced", "unsilenced", "resolved",
+           "correlated")  # snapshots attached or alerts linked (vigie.alerts._correlation)
 
 
 class AlertService:

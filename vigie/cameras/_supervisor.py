@@ -16,7 +16,8 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -93,6 +94,10 @@ class CameraSupervisor:
         # Told of every change of a camera's state or reasons (the live feed):
         # (site, camera, state, reasons, at). Must not block.
         self.on_state: Callable[[str, str, str, frozenset[str], datetime], None] | None = None
+        # Several nodes: the cameras this node judges (None: every camera, a lone node), and
+        # when each began to be watched here (see `assign`).
+        self._judging: set[str] | None = None
+        self._watched_since: dict[str, float] = {}
         for site in config.sites:
             for cam in site.cameras:
                 checks = config.camera_checks(cam)
@@ -102,9 +107,12 @@ class CameraSupervisor:
 
     # lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, watch_all: bool = True) -> None:
+        """Start the workers and watch every camera; with `watch_all=False` (several nodes),
+        watch none until `assign` says which."""
         if not self.cameras:
             return
+        self._judging = None if watch_all else set()
         async with self._store.connection() as conn:
             references = await cameras_q.load_references(conn)
         self._snapshots.mkdir(parents=True, exist_ok=True)
@@ -119,8 +127,11 @@ class CameraSupervisor:
             child.close()
             self._workers.append(_Worker(process, parent))
             loop.add_reader(parent.fileno(), self._readable, index)
+        if not watch_all:
+            return
         for i, state in enumerate(self.cameras.values()):
             state.worker = i % len(self._workers)
+            self._workers[state.worker].cameras.add(state.key)
             self._send(state.worker, "add", self._spec(state, references))
         self._metrics.cameras_watched.set(len(self.cameras))
         log.info("watching %d camera(s) with %d worker process(es)", len(self.cameras),
@@ -160,6 +171,22 @@ class CameraSupervisor:
         self._send(state.worker, "relearn", key)
         self._later(self._reference_writer(state.site.id, state.camera.id, None))
 
+    def watching(self, key: str) -> bool:
+        """Whether this node watches the camera now (its frames are on this node's disk)."""
+        return key in self.cameras and bool(self._workers) and self._watches(key)
+
+    def request_snapshot(self, key: str) -> bool:
+        """Have a camera's next analysed keyframe written as its snapshot (within about
+        `analyse_every`), whatever the snapshot period; False if it is not watched here."""
+        if not self.watching(key):
+            return False
+        self._send(self.cameras[key].worker, "snapshot", key)
+        return True
+
+    def snapshot_path(self, site: str, camera: str) -> Path:
+        """Where a camera's latest snapshot is (replaced atomically by its worker)."""
+        return self._snapshots / site / f"{camera}.jpg"
+
     # from the workers -------------------------------------------------------------------
 
     def _readable(self, index: int) -> None:
@@ -182,7 +209,7 @@ class CameraSupervisor:
 
     def _observe(self, sample: Sample) -> None:
         state = self.cameras.get(sample.key)
-        if state is None:
+        if state is None or not self._watches(sample.key):
             return
         state.sample = sample
         self._metrics.camera_fps.labels(state.site.id, state.camera.id).set(sample.fps)
@@ -198,6 +225,8 @@ class CameraSupervisor:
         now = time.time()
         at = self._clock()
         for state in self.cameras.values():
+            if self._judging is not None and state.key not in self._judging:
+                continue  # watched by another node, or only warming up here
             seen = self._reasons(state, now)
             if seen is None:
                 continue  # nothing known yet: the camera stays unknown
@@ -216,7 +245,7 @@ class CameraSupervisor:
         offline_after = state.checks.offline_after
         if s is None or s.last_packet_at is None:
             # Never a packet: offline once the first connection has had its chance.
-            waited = now - self._started
+            waited = now - max(self._started, self._watched_since.get(state.key, 0.0))
             return frozenset({"offline"}) if waited > offline_after + 5 else None
         stale = now - s.at > offline_after + REPORT_EVERY  # the worker itself is silent
         if stale or now - s.last_packet_at > offline_after:
@@ -275,6 +304,8 @@ class CameraSupervisor:
 
     async def _raise(self, decisions: list[Decision], state: CameraState,
                      snapshot: Path | None) -> None:
+        if self._judging is not None and state.key not in self._judging:
+            return  # handed over or lease lost since: its new holder judges it (no split brain)
         changes = await self._alerts.raise_now(decisions)
         opened = [c.alert for c in changes if c.action == "opened"]
         if opened and snapshot is not None:
@@ -390,6 +421,87 @@ class CameraSupervisor:
         finally:
             judge_task.cancel()
             await asyncio.gather(judge_task, return_exceptions=True)
+
+    # several nodes -----------------------------------------------------------------------
+    # vigie.cluster decides which cameras this node holds (leases in PostgreSQL) and calls
+    # `assign`; a lone node never does, and judges every camera from `start`.
+
+    def _watches(self, key: str) -> bool:
+        return self._judging is None or any(key in w.cameras for w in self._workers)
+
+    def assign(self, watch: AbstractSet[str], judge: AbstractSet[str], *,
+               references: Mapping[str, bytes] | None = None,
+               open_reasons: Mapping[str, Collection[str]] | None = None) -> None:
+        """Watch exactly the cameras `watch` (their streams read by the workers) and judge
+        `judge`, a subset (health, history and alerts; the others only warm up before a
+        handover). Unknown keys are ignored.
+
+        `references`: the learned references of cameras not watched yet, as their last
+        holder left them. `open_reasons`: the reasons with an unresolved alert of cameras
+        judged from now on, so that their health resumes there: those alerts resolve when
+        the camera recovers and are not raised again.
+        """
+        if self._judging is None or not self._workers:
+            return
+        watch = {k for k in watch if k in self.cameras}
+        judge = {k for k in judge if k in watch}
+        now = time.time()
+        watched = {k for w in self._workers for k in w.cameras}
+        for key in watched - watch:
+            state = self.cameras[key]
+            self._workers[state.worker].cameras.discard(key)
+            self._send(state.worker, "remove", key)
+            self._watched_since.pop(key, None)
+        for key in watch - watched:
+            state = self.cameras[key]
+            state.worker = min(range(len(self._workers)),
+                               key=lambda i: len(self._workers[i].cameras))
+            self._workers[state.worker].cameras.add(key)
+            self._watched_since[key] = now
+            reference = (references or {}).get(key)
+            self._send(state.worker, "add", self._spec(state, {} if reference is None else {
+                (state.site.id, state.camera.id): reference}))
+        for key in self._judging - judge:
+            self._forget(self.cameras[key])
+        for key in judge - self._judging:
+            self._resume(self.cameras[key], (open_reasons or {}).get(key, ()))
+        self._judging = judge
+        self._metrics.cameras_watched.set(len(judge))
+
+    def receiving(self, key: str) -> bool:
+        """Whether packets of this camera's stream arrive here (a handover may complete)."""
+        state = self.cameras.get(key)
+        return (state is not None and state.sample is not None
+                and state.sample.last_packet_at is not None and self._watches(key))
+
+    def _forget(self, state: CameraState) -> None:
+        """Another node judges this camera now: start from nothing if it comes back, and
+        leave its per-camera series to the node that holds it."""
+        state.health = CameraHealth(bad_samples=state.checks.bad_samples,
+                                    good_samples=state.checks.good_samples)
+        state.sample = None
+        state.reconnects_counted = 0
+        site, cam = state.site.id, state.camera.id
+        for gauge in (self._metrics.camera_up, self._metrics.camera_fps):
+            with contextlib.suppress(KeyError):
+                gauge.remove(site, cam)
+        for name in ("ok", "degraded", "offline", "unknown"):
+            with contextlib.suppress(KeyError):
+                self._metrics.camera_state.remove(site, cam, name)
+
+    def _resume(self, state: CameraState, reasons: Collection[str]) -> None:
+        """Judge a camera from the alerts its last holder left open: they count as active
+        reasons, seen `bad_samples` times already (no new occurrence), and clear as usual
+        (the first observation clears picture reasons an `offline` hides)."""
+        health = CameraHealth(bad_samples=state.checks.bad_samples,
+                              good_samples=state.checks.good_samples)
+        active = set(reasons)
+        if active:
+            health.active = active
+            health._bad = {r: state.checks.bad_samples for r in active}
+            health.state = "offline" if "offline" in active else "degraded"
+            health.since = self._clock()
+        state.health = health
 
     # for the API --------------------------------------------------------------------------
 

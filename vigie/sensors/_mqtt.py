@@ -114,6 +114,8 @@ class MqttSubscriber:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._unsubscribed = asyncio.Event()
         self._client.on_socket_open = self._on_socket_open
         self._client.on_socket_close = self._on_socket_close
         self._client.on_socket_register_write = self._on_register_write
@@ -314,7 +316,7 @@ class MqttSubscriber:
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
         qos = self._config.qos
-        topics: list[tuple[str, int]] = [(t, qos) for t in self._router.subscriptions()]
+        topics: list[tuple[str, int]] = [(t, qos) for t in self._filters()]
         client.subscribe(topics)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
@@ -322,6 +324,34 @@ class MqttSubscriber:
             # The broker kept our subscriptions: nothing published from now on is missed,
             # even before the SUBACK of the re-subscription arrives.
             self._mark_connected()
+
+    # several nodes (vigie.cluster) --------------------------------------------------------
+
+    def _filters(self) -> list[str]:
+        """What to subscribe to: with shared subscriptions, the nodes of a cluster split the
+        messages of each filter among them."""
+        group = self._config.shared_group
+        return [f"$share/{group}/{t}" if group else t for t in self._router.subscriptions()]
+
+    async def leave_shared_group(self, timeout: float) -> bool:
+        """Unsubscribe, and keep reading until the broker confirms (what it sent before
+        is read, stored and acknowledged by the shutdown that follows). For a node leaving
+        a shared group: the broker would otherwise keep queueing this node's share in its
+        session (Mosquitto does), which a node scaled down never resumes. False if the
+        broker did not confirm in time."""
+        if self._sock is None or not self._config.shared_group:
+            return False
+        self._unsubscribed.clear()
+        self._client.unsubscribe(self._filters())
+        try:
+            await asyncio.wait_for(self._unsubscribed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int,
+                        reasons: list[ReasonCode], properties: Any) -> None:
+        self._unsubscribed.set()
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:

@@ -120,6 +120,7 @@ class Alert:
     silenced: bool
     snapshots: list[Any]
     event_id: int | None
+    related: list[uuid.UUID]  # alerts linked by correlation
     next_escalation_at: datetime | None
     escalated_at: datetime | None
     assigned_to: str | None
@@ -144,6 +145,7 @@ class Alert:
             "resolved_by": self.resolved_by, "resolved_at": iso(self.resolved_at),
             "escalation_level": self.escalation_level, "silenced": self.silenced,
             "snapshots": self.snapshots, "event_id": self.event_id,
+            "related": [str(r) for r in self.related],
             "next_escalation_at": iso(self.next_escalation_at),
             "escalated_at": iso(self.escalated_at), "assigned_to": self.assigned_to,
             "assigned_at": iso(self.assigned_at), "resolution": self.resolution,
