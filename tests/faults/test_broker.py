@@ -63,9 +63,10 @@ def test_broker_restarted_under_load_loses_nothing(
     keyless_twice = sorted(n for n, c in numbers.items() if c > 1)
     assert not missing, (f"{len(missing)} acknowledged event(s) lost: {sorted(missing)[:20]}",
                          vigie.log_tail(60))
-    # Received but not yet acknowledged when the connection died, a keyless event comes
-    # again as a new one (README); one with an id is stored once by its key.
-    assert all(n % 10 == 0 for n in keyless_twice), keyless_twice[:5]
+    # What the broker sends again after its restart (not acknowledged on the connection
+    # that died, or acknowledged as it died) is recognised by its packet id and payload:
+    # keyless events too are stored once (vigie itself did not restart).
+    assert not keyless_twice, keyless_twice[:5]
     assert metrics["vigie_mqtt_reconnects_total"] >= 2
     record("broker_restart", restarts=2, published=load.attempted,
            acknowledged_by_broker=len(load.acked), stored=len(numbers), lost=len(missing),

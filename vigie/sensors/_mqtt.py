@@ -17,6 +17,7 @@ import socket
 import ssl
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,10 @@ _PUBACK = struct.Struct("!BBH")  # type, remaining length (2), packet id
 # the writer and the API run in between.
 _PACKETS_PER_READ = 256
 CONNECT_TIMEOUT = 5.0
+RECENTLY_ACKED = 4_000  # messages remembered after their ack (see `_same_as_before`)
+
+
+Body = list[SensorEvent] | DeviceStatus | DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,9 @@ class MqttSubscriber:
         self._clock = clock
         self._read_at = clock()  # when the current read began: the messages' received_at
         self._connected = asyncio.Event()
+        # Received, not yet acknowledged, by packet id: (topic, payload, decoded).
+        self._unacked: dict[int, tuple[str, bytes, Body]] = {}
+        self._acked: OrderedDict[int, tuple[str, bytes, Body]] = OrderedDict()
         self._accepted = asyncio.Event()  # CONNACK received on the current connection
         self._lost = asyncio.Event()
         self._sock: Any = None
@@ -252,6 +260,14 @@ class MqttSubscriber:
         if self._sock is None:
             return  # the broker redelivers them to the next session; stored once by key
         current = [r for r in received if r.connection == self._connections]
+        for r in current:
+            # Kept a little longer: an ack written as the connection died may not have
+            # reached the broker, which then sends the message again.
+            if (entry := self._unacked.pop(r.mid, None)) is not None:
+                self._acked[r.mid] = entry
+                self._acked.move_to_end(r.mid)
+        while len(self._acked) > RECENTLY_ACKED:
+            self._acked.popitem(last=False)
         blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in current if r.qos == 1)
         if blob:
             self._client._packet_queue(0x40, blob, 0, 1)
@@ -324,6 +340,9 @@ class MqttSubscriber:
             # The broker kept our subscriptions: nothing published from now on is missed,
             # even before the SUBACK of the re-subscription arrives.
             self._mark_connected()
+        else:
+            self._unacked.clear()  # a new session: packet ids start afresh
+            self._acked.clear()
 
     # several nodes (vigie.cluster) --------------------------------------------------------
 
@@ -376,6 +395,20 @@ class MqttSubscriber:
             log.warning("disconnected from MQTT broker %s: %s; reconnecting",
                         self.endpoint, reason)
 
+    def _same_as_before(self, msg: paho.MQTTMessage, topic: str, body: Body) -> Body:
+        """A message the broker sends again (DUP, same packet id: its session resumed) that
+        we received on an earlier connection and did not acknowledge there gets the same
+        decoding, so the same dedup keys: a keyless event is not stored a second time.
+        Remembered until acknowledged."""
+        payload = _payload(msg)
+        before = None
+        if msg.dup:
+            before = self._unacked.get(msg.mid) or self._acked.get(msg.mid)
+        if before is not None and before[0] == topic and before[1] == payload:
+            body = before[2]
+        self._unacked[msg.mid] = (topic, payload, body)
+        return body
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._received += 1  # counted into the metric once per read, not once per message
         received_at = self._read_at
@@ -393,9 +426,15 @@ class MqttSubscriber:
             log.exception("decoder failed on a message from %s", topic)
             body = DeadLetter(received_at, topic, "internal", type(exc).__name__,
                               bytes(msg.payload))
+        if msg.qos:
+            body = self._same_as_before(msg, topic, body)
         self._inbox.append(Received(msg.mid, msg.qos, body, self._connections))
         if self._inbox.full:
             self._pause()  # the writer resumes us when it has made room
+
+
+def _payload(msg: paho.MQTTMessage) -> bytes:
+    return msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
 
 
 async def _drain_until_closed(sock: socket.socket, deadline: float) -> None:
