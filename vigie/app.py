@@ -436,7 +436,8 @@ async def _correlation(node: Node) -> AsyncIterator[None]:
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
-                     auth=Authenticator(node.store), schedule=node.schedule or Schedule(()),
+                     auth=Authenticator(node.store, config.api.auth_failures_per_minute),
+                     schedule=node.schedule or Schedule(()),
                      readiness=node.readiness, clock=node.clock, cameras=node.cameras,
                      feed=node.feed)
     app = make_api(ctx)

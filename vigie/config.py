@@ -312,6 +312,9 @@ class ApiConfig(_Model):
     trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
     # Browser origins allowed to call the API (CORS); none by default.
     cors_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = ()
+    # Failed authentications allowed per client address and minute before 429: slows down
+    # token guessing; raise it for a proxy that forwards no client address.
+    auth_failures_per_minute: int = Field(default=20, ge=1, le=100_000)
 
     @field_validator("tls_cert", "tls_key", mode="after")
     @classmethod

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from vigie.api._auth import Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraState
 from vigie.errors import StoreUnavailable
 from vigie.store import _cameras as cameras_q
@@ -110,6 +110,7 @@ async def get_snapshot(request: web.Request, ctx: ApiContext, p: Principal,
         row = await cameras_q.get_snapshot(conn, q["snapshot_id"])
     if row is None or not p.sees(row["site"]):
         raise ApiError(404, "not_found", f"snapshot {q['snapshot_id']} not found")
+    audit_site(request, row["site"])
     return _jpeg(ctx.config.node.data_dir / row["path"])
 
 

@@ -15,7 +15,7 @@ from vigie.alerts import AlertService, Schedule
 from vigie.alerts._feed import Feed
 from vigie.api._auth import Authenticator, Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraSupervisor
 from vigie.config import SENSOR_KINDS, Config
 from vigie.errors import StoreUnavailable
@@ -282,6 +282,7 @@ async def ack_alert(request: web.Request, ctx: ApiContext, p: Principal,
                     q: dict[str, Any]) -> web.Response:
     comment = await _read_comment(request, required=False)
     alert = await ctx.alerts.acknowledge(q["alert_id"], p.name, comment, p.sites)
+    audit_site(request, alert.site)
     return ok(alert.to_json())
 
 
@@ -290,6 +291,7 @@ async def comment_alert(request: web.Request, ctx: ApiContext, p: Principal,
     comment = await _read_comment(request, required=True)
     assert comment is not None
     alert = await ctx.alerts.comment(q["alert_id"], p.name, comment, p.sites)
+    audit_site(request, alert.site)
     return ok(alert.to_json(), status=201)
 
 

@@ -28,7 +28,7 @@ from vigie.alerts import AlertService, Decision, Raise, Resolve
 from vigie.cameras._health import CameraHealth, HealthChange
 from vigie.cameras._stream import CameraSpec
 from vigie.cameras._worker import Sample, worker_main
-from vigie.config import CameraChecks, CameraConfig, Config, SiteConfig
+from vigie.config import CAMERA_REASONS, CameraChecks, CameraConfig, Config, SiteConfig
 from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
 from vigie.store import Store
@@ -129,7 +129,13 @@ class CameraSupervisor:
             loop.add_reader(parent.fileno(), self._readable, index)
         if not watch_all:
             return
+        # Alerts this node (or its previous run) left open: health resumes from them, so
+        # they resolve when the camera is seen healthy instead of staying open for ever.
+        async with self._store.connection() as conn:
+            left_open = await alerts_q.open_camera_reasons(conn, list(self.cameras),
+                                                           CAMERA_REASONS)
         for i, state in enumerate(self.cameras.values()):
+            self._resume(state, left_open.get(state.key, ()))
             state.worker = i % len(self._workers)
             self._workers[state.worker].cameras.add(state.key)
             self._send(state.worker, "add", self._spec(state, references))

@@ -41,6 +41,7 @@ from vigie.config import CAMERA_REASONS, Config
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
 from vigie.secrets import redact_text
+from vigie.store import _alerts as alerts_q
 
 __all__ = ["CameraLeases", "CameraWatch", "Superseded"]
 
@@ -289,7 +290,7 @@ class CameraLeases:
         cameras = set(cameras) - self.judging
         if not cameras or not self.lease.valid:
             return
-        reasons = await sql.open_reasons(conn, cameras, CAMERA_REASONS)
+        reasons = await alerts_q.open_camera_reasons(conn, cameras, CAMERA_REASONS)
         refs = await sql.references(conn, cameras - self.warming.keys())
         self.judging |= cameras & self.held
         for camera in cameras:

@@ -172,11 +172,6 @@ WHERE name = $2 AND incarnation = $1
 RETURNING (SELECT count(*) FROM freed)
 """
 
-OPEN_CAMERA_ALERTS = """
-SELECT site || '/' || source AS camera, kind FROM alerts
-WHERE source_type = 'camera' AND state <> 'resolved'
-  AND site || '/' || source = ANY($1::text[])
-"""
 
 REFERENCES = """
 SELECT r.site || '/' || r.camera AS camera, r.data FROM camera_references r
@@ -191,18 +186,6 @@ def census_members(rows: Sequence[Any]) -> tuple[tuple[Member, ...], int, int]:
     free = int(rows[0]["free"]) if rows else 0
     total = int(rows[0]["total"]) if rows else 0
     return members, free, total
-
-
-async def open_reasons(conn: Any, cameras: Collection[str],
-                       reasons: Collection[str]) -> dict[str, set[str]]:
-    """Unresolved camera alerts, by camera: the health a new holder resumes from."""
-    found: dict[str, set[str]] = {}
-    if not cameras:
-        return found
-    for r in await conn.fetch(OPEN_CAMERA_ALERTS, list(cameras)):
-        if r["kind"] in reasons:
-            found.setdefault(r["camera"], set()).add(r["kind"])
-    return found
 
 
 async def references(conn: Any, cameras: Collection[str]) -> dict[str, bytes]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -496,3 +496,23 @@ async def open_counts(conn: Any) -> dict[tuple[str, str], int]:
         "GROUP BY site, severity"
     )
     return {(r["site"], r["severity"]): r["n"] for r in rows}
+
+
+_OPEN_CAMERA_ALERTS = """
+SELECT site || '/' || source AS camera, kind FROM alerts
+WHERE source_type = 'camera' AND state <> 'resolved'
+  AND site || '/' || source = ANY($1::text[])
+"""
+
+
+async def open_camera_reasons(conn: Any, cameras: Collection[str],
+                              reasons: Collection[str]) -> dict[str, set[str]]:
+    """Unresolved camera health alerts by camera key (site/camera): the health a node that
+    starts judging a camera resumes from."""
+    found: dict[str, set[str]] = {}
+    if not cameras:
+        return found
+    for r in await conn.fetch(_OPEN_CAMERA_ALERTS, list(cameras)):
+        if r["kind"] in reasons:
+            found.setdefault(r["camera"], set()).add(r["kind"])
+    return found
