@@ -1,4 +1,4 @@
-"""The statements of the lease protocol (tables in migration 0010_cluster.sql).
+"""The statements of the lease protocol (tables in migration 0009_cluster.sql).
 
 Every time is the database's now(): the nodes never compare their clocks. A camera is free
 when its lease has expired; claims take free rows with FOR UPDATE SKIP LOCKED, so nodes
