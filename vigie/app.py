@@ -8,10 +8,11 @@ and acknowledged, the loops stop, then the database closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,27 +21,34 @@ from typing import Any
 from aiohttp import web
 
 from vigie.alerts import (
+    AlertChange,
     AlertService,
     AlertTimers,
     Clock,
+    Decision,
     RuleBook,
     Schedule,
     SchoolCalendar,
     escalation_by_severity,
     utc_now,
 )
+from vigie.alerts._correlation import Correlator, WatchedCameras
 from vigie.alerts._feed import Feed
+from vigie.alerts._storms import StormGuard
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
-from vigie.config import Config
+from vigie.cluster import HEARTBEAT_LOCK, MQTT_LOCK, CameraLeases, Leadership, NodePresence
+from vigie.config import Config, MqttConfig
 from vigie.console import install_console
 from vigie.errors import VigieError
 from vigie.metrics import Metrics
+from vigie.notify import Notifiers
 from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
+from vigie.spool import Spool
 from vigie.store import Store
 from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
@@ -49,7 +57,9 @@ __all__ = ["Node", "open_store", "running_node"]
 
 log = logging.getLogger("vigie")
 
-DRAIN_SECONDS = 5.0  # on shutdown, to write and acknowledge what was received
+# Of the shutdown budget, what is kept for the steps after the ingest drain (cameras, feed,
+# database): the drain gets the rest.
+AFTER_DRAIN = 0.4
 
 
 @dataclass
@@ -64,13 +74,27 @@ class Node:
     schedule: Schedule | None = None
     cameras: CameraSupervisor | None = None
     feed: Feed | None = None
+    notifiers: Notifiers | None = None
     subscriber: MqttSubscriber | None = None
     writer: IngestWriter | None = None
     api_url: str = ""
+    dsn: str = ""
+    leases: CameraLeases | None = None  # several nodes: this node's share of the cameras
+    mqtt_election: Leadership | None = None  # cluster.mqtt: elected
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    db_ok: bool = True
-    db_error: str = ""
     started_at: float = field(default_factory=time.monotonic)
+    stopping_since: float | None = None  # time.monotonic() when shutdown began
+
+    @property
+    def db_ok(self) -> bool:
+        return self.store.available
+
+    def remaining(self) -> float:
+        """Seconds left of the shutdown budget (the whole budget before shutdown)."""
+        budget = self.config.node.shutdown_budget
+        if self.stopping_since is None:
+            return budget
+        return max(0.0, budget - (time.monotonic() - self.stopping_since))
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         """Start a loop the node owns; `stop` cancels it and awaits the cancellation."""
@@ -91,8 +115,10 @@ class Node:
             log.error("loop %s did not stop within %.0fs", t.get_name(), budget)
 
     def readiness(self) -> dict[str, str]:
-        checks = {"database": "ok" if self.db_ok else self.db_error}
-        if self.subscriber is not None:
+        checks = {"database": "ok" if self.store.available else (
+            f"database unreachable: {self.store.unavailable}")}
+        standby = self.mqtt_election is not None and not self.mqtt_election.leading
+        if self.subscriber is not None and not standby:
             checks["mqtt"] = "ok" if self.subscriber.connected else (
                 f"not connected to {self.subscriber.endpoint}")
         if self.writer is not None:
@@ -139,15 +165,18 @@ async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = No
 
 
 async def _ping_forever(node: Node, interval: float = 2.0) -> None:
+    """Notice an outage while nothing else uses the database, and reconnect after one: while
+    the store is marked away, a ping fails at once until its (backed-off, jittered) time to
+    try again, so this loop may run often."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval if node.store.available else 0.25)
         try:
             await asyncio.wait_for(node.store.ping(), timeout=interval)
-            node.db_ok, node.db_error = True, ""
-        except (VigieError, TimeoutError) as exc:
-            node.db_ok = False
-            node.db_error = f"database unreachable: {exc}" if str(exc) else "database timeout"
-        node.metrics.db_up.set(1 if node.db_ok else 0)
+        except TimeoutError:
+            node.store.mark_away(f"no answer within {interval:.0f}s")
+        except VigieError:
+            pass  # the store knows why, and when to try again
+        node.metrics.db_up.set(1 if node.store.available else 0)
 
 
 @asynccontextmanager
@@ -156,33 +185,95 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
     assert node.schedule is not None
     rules = RuleBook(config, node.schedule.is_open)
     inbox: Inbox[Received] = Inbox(config.database.write_queue)
-    subscriber = MqttSubscriber(config.mqtt, config.mqtt_client_id, TopicRouter(config),
+    _measure(node, "ingest", inbox.__len__, inbox.capacity)
+    node.metrics.queue_peak.labels("ingest").set_function(lambda: inbox.peak)
+    mqtt, client_id = _mqtt_settings(config)
+    subscriber = MqttSubscriber(mqtt, client_id, TopicRouter(config),
                                 inbox, node.metrics, node.clock)
+    spool: Spool | None = None
+    if config.spool.enabled:
+        spool = await Spool.open(config.node.data_dir / "spool", config.spool.segment_size)
+        node.metrics.spool_limit.set(config.spool.max_size)
+        if spool.pending_messages:
+            log.info("spool: %d message(s) from before the restart, to be replayed",
+                     spool.pending_messages)
     writer = IngestWriter(node.store, inbox, subscriber.ack_many, rules, node.alerts,
-                          node.metrics, config.database.batch_size)
+                          node.metrics, config.database.batch_size, spool=spool,
+                          spool_limit=config.spool.max_size, node=config.node.name,
+                          replay_batch=config.spool.replay_batch)
     node.subscriber, node.writer = subscriber, writer
     silent = await _seed_last_seen(node.store, writer.last_seen)
     heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,
                                  silent)
     node.spawn("ingest-writer", writer.run())
-    if heartbeat.enabled:
+    if heartbeat.enabled and config.cluster.enabled:
+        # Each node stores only its share of the events: one node at a time watches for
+        # silent sensors, on what all of them stored.
+        node.spawn("heartbeat", Leadership(node.dsn, HEARTBEAT_LOCK, "sensor heartbeats").run(
+            lambda: _heartbeat_leader(node, rules, writer)))
+    elif heartbeat.enabled:
         node.spawn("heartbeat", heartbeat.run())
-    node.spawn("mqtt", subscriber.run())
+    if config.cluster.enabled and config.cluster.mqtt == "elected":
+        node.mqtt_election = Leadership(
+            node.dsn, MQTT_LOCK, "MQTT subscriber", interval=config.cluster.interval,
+            on_change=lambda leading: node.metrics.cluster_mqtt_leader.set(int(leading)))
+        node.spawn("mqtt", node.mqtt_election.run(subscriber.run))
+    else:
+        node.spawn("mqtt", subscriber.run())
     try:
         yield
     finally:
-        # Stop reading; write and acknowledge what was received, over the connection that
-        # is still up; then disconnect. Anything else stays at the broker for our session.
+        # Stop reading; write (or spool) and acknowledge what was received, over the
+        # connection that is still up; then disconnect. Anything else stays at the broker
+        # for our session. In a shared group, leave it first: the others take this node's
+        # share meanwhile.
+        if mqtt.shared_group and not await subscriber.leave_shared_group(
+                min(1.0, node.remaining() / 5)):
+            log.warning("the broker did not confirm the unsubscription: messages may wait in "
+                        "this node's session until a node of this name comes back")
         subscriber.pause()
         inbox.close()
         writing = node.tasks.get("ingest-writer")
+        drain = max(0.5, node.remaining() - AFTER_DRAIN * node.config.node.shutdown_budget)
         if writing is not None:
-            done, _ = await asyncio.wait({writing}, timeout=DRAIN_SECONDS)
+            done, _ = await asyncio.wait({writing}, timeout=drain)
             if not done:
-                log.warning("could not write every received message in %ss; the rest was "
-                            "not acknowledged and the broker keeps it", DRAIN_SECONDS)
-        subscriber.stop()
-        await node.stop("mqtt", "ingest-writer", "heartbeat")
+                log.warning("could not write every received message in %.1fs; the rest "
+                            "was not acknowledged and the broker keeps it", drain)
+        await subscriber.stop()
+        await node.stop("mqtt", "ingest-writer", "heartbeat", budget=1.0)
+        if spool is not None:
+            await spool.close()
+
+
+def _mqtt_settings(config: Config) -> tuple[MqttConfig, str]:
+    """The broker settings and client id of this node: in a cluster, a shared subscription
+    group ("vigie" unless named), or, elected, one client id for whichever node subscribes,
+    so that the persistent session and what it holds follow the election."""
+    if not config.cluster.enabled:
+        return config.mqtt, config.mqtt_client_id
+    if config.cluster.mqtt == "elected":
+        return config.mqtt, config.mqtt.client_id or f"vigie-elected-{config.mqtt.topic_prefix}"
+    group = config.mqtt.shared_group or "vigie"
+    return config.mqtt.model_copy(update={"shared_group": group}), config.mqtt_client_id
+
+
+async def _heartbeat_leader(node: Node, rules: RuleBook, writer: IngestWriter) -> None:
+    """Silent sensors, watched by the elected node: silence counts from its election, the
+    alerts already open are known, and what the other nodes stored is read every round."""
+    silent = await _seed_last_seen(node.store, writer.last_seen)
+    monitor = HeartbeatMonitor(node.config, rules, node.alerts, writer.last_seen, node.clock,
+                               silent)
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(monitor.interval)
+            with contextlib.suppress(VigieError):
+                await _seed_last_seen(node.store, writer.last_seen)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(monitor.run())
+        tasks.create_task(follow())
 
 
 async def _seed_last_seen(store: Store, last_seen: dict[tuple[str, str], datetime]
@@ -211,8 +302,26 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await feed.flush(DRAIN_SECONDS)
-        await node.stop("feed")
+        # Away, the database takes nothing: do not spend the budget waiting for it.
+        await feed.flush(max(0.1, node.remaining() - 0.5) if node.store.available else 0.2)
+        await node.stop("feed", budget=1.0)
+
+
+@asynccontextmanager
+async def _notifiers(node: Node, dsn: str) -> AsyncIterator[None]:
+    """After the feed they read (through the database): left before it."""
+    if not node.config.notifiers:
+        yield
+        return
+    # The wall clock, not the node's: an endsAt or a sent_at is read by another system
+    # against its own clock.
+    notifiers = Notifiers(node.config, dsn, node.metrics)
+    node.notifiers = notifiers
+    node.spawn("notifiers", notifiers.run())
+    try:
+        yield
+    finally:
+        await node.stop("notifiers")
 
 
 @asynccontextmanager
@@ -221,13 +330,48 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
                                   node.clock, workers=node.config.node.camera_workers)
     node.cameras = supervisor
     supervisor.on_state = node.feed.camera_state if node.feed else None
-    await supervisor.start()
+    await supervisor.start(watch_all=not node.config.cluster.enabled)
     node.spawn("cameras", supervisor.run())
+    _measure(node, "camera_history", supervisor.backlog, supervisor.backlog_limit)
+    storms = node.alerts.storms
+    if storms is not None:
+        by_site: dict[str, list[Any]] = {}
+        for state in supervisor.cameras.values():
+            by_site.setdefault(state.site.id, []).append(state)
+        storms.cameras_offline = lambda site: {
+            s.camera.id for s in by_site.get(site, ()) if s.health.state == "offline"}
+        node.spawn("storms", storms.run(_raise_held(node), _release_grouped(node)))
     try:
         yield
     finally:
-        await node.stop("cameras")
-        await supervisor.stop()
+        await node.stop("cameras", budget=1.0)
+        try:
+            # Workers are told to stop; what the database has not taken by then is given up.
+            await asyncio.wait_for(supervisor.stop(), max(0.5, node.remaining() - 1.5))
+        except TimeoutError:
+            log.warning("camera supervisor did not stop within the shutdown budget")
+        if storms is not None:
+            await node.stop("storms", budget=0.5)
+            with contextlib.suppress(TimeoutError):  # the cameras are judged again at start
+                await asyncio.wait_for(storms.flush(_raise_held(node), everything=True),
+                                       max(0.1, node.remaining() - 1.0))
+
+
+def _release_grouped(node: Node) -> Callable[[], Awaitable[object]]:
+    async def release() -> object:
+        storms = node.alerts.storms
+        assert storms is not None
+        async with node.store.transaction() as conn:
+            released = await storms.release(conn)
+        node.alerts.publish([AlertChange(action, alert) for action, alert in released])
+        return released
+    return release
+
+
+def _raise_held(node: Node) -> Callable[[list[Decision]], Awaitable[object]]:
+    async def raise_(decisions: list[Decision]) -> object:
+        return await node.alerts.raise_now(decisions, hold=False)
+    return raise_
 
 
 def _api_tls(config: Config) -> ssl.SSLContext | None:
@@ -244,16 +388,63 @@ def _api_tls(config: Config) -> ssl.SSLContext | None:
 
 
 @asynccontextmanager
+async def _cluster(node: Node) -> AsyncIterator[None]:
+    """After the cameras and before the sensors: the leases say which cameras this node
+    watches; on shutdown they are released before the supervisor stops, so the other nodes
+    take them over at once. A lone node only says it is up (GET /api/v1/nodes)."""
+    assert node.cameras is not None
+    if node.config.cluster.enabled:
+        leases = CameraLeases(node.config, node.dsn, node.cameras, node.metrics)
+        node.leases = leases
+        await leases.start()
+        node.spawn("cluster", leases.run())
+        try:
+            yield
+        finally:
+            await node.stop("cluster", budget=1.0)
+            await leases.leave()
+        return
+    cameras = node.cameras
+    presence = NodePresence(node.config.node.name, node.store, lambda: len(cameras.cameras))
+    await presence.start()
+    node.spawn("presence", presence.run())
+    try:
+        yield
+    finally:
+        await node.stop("presence", budget=1.0)
+        await presence.leave()
+
+
+@asynccontextmanager
+async def _correlation(node: Node) -> AsyncIterator[None]:
+    """After the cameras whose snapshots it attaches: left before them."""
+    cameras = node.cameras
+    watched = WatchedCameras(cameras) if cameras is not None and cameras.cameras else None
+    patience = max((c.checks.analyse_every for c in cameras.cameras.values()), default=2.0
+                   ) if cameras is not None else 2.0
+    correlator = Correlator(node.config, node.store, node.alerts, node.metrics, watched,
+                            feed=node.feed, clock=node.clock, fresh_within=patience + 1.0)
+    node.alerts.subscribe(correlator.alert_changed)
+    node.spawn("correlation", correlator.run())
+    try:
+        yield
+    finally:
+        await node.stop("correlation")
+
+
+@asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
-                     auth=Authenticator(node.store), schedule=node.schedule or Schedule(()),
+                     auth=Authenticator(node.store, config.api.auth_failures_per_minute),
+                     schedule=node.schedule or Schedule(()),
                      readiness=node.readiness, clock=node.clock, cameras=node.cameras,
                      feed=node.feed)
     app = make_api(ctx)
     install_stream(app, node.feed)
     install_console(app)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=min(2.0, config.node.shutdown_budget / 5))
     await runner.setup()
     tls = _api_tls(config)
     site = web.TCPSite(runner, config.api.host, config.api.port, ssl_context=tls)
@@ -272,29 +463,65 @@ async def running_node(
     config: Config, *, clock: Clock = utc_now, metrics: Metrics | None = None,
     with_mqtt: bool = True,
 ) -> AsyncIterator[Node]:
-    """Start every component of a node; stop them in reverse order on exit."""
+    """Start every component of a node; stop them in reverse order on exit, within
+    `node.shutdown_budget`, and log one summary line."""
     metrics = metrics or Metrics(config.node.name)
+    started: list[Node] = []
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(_summary, started)  # runs last, after everything stopped
         dsn = await database_dsn(config, stack)
         store = await open_store(config, stack, dsn)
         async with store.connection() as conn:
             await sync_config(conn, config)
         metrics.db_up.set(1)
         alerts = AlertService(store, metrics, clock, escalation_by_severity(config))
+        if config.alerts.storm.enabled:
+            alerts.storms = StormGuard(config, metrics, clock)
         await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
-                    schedule=load_schedule(config))
+                    schedule=load_schedule(config), dsn=dsn)
+        started.append(node)
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
         node.spawn("alerts-refresh", alerts.refresh_forever())
         if config.retention.on_nodes:
             node.spawn("retention", RetentionJob(store, config, clock).run())
         await stack.enter_async_context(_feed(node, dsn))
+        await stack.enter_async_context(_notifiers(node, dsn))
         await stack.enter_async_context(_cameras(node))
+        await stack.enter_async_context(_cluster(node))
+        await stack.enter_async_context(_correlation(node))
         if with_mqtt:
             await stack.enter_async_context(_sensors(node))
         # After every listener subscribed (the feed): the first tick may publish at once.
         node.spawn("alert-timers", AlertTimers(alerts).run())
         stack.push_async_callback(node.stop, "alert-timers")
         await stack.enter_async_context(_api(node))
-        yield node
+        try:
+            yield node
+        finally:
+            node.stopping_since = time.monotonic()
+
+
+def _measure(node: Node, queue: str, length: Callable[[], int], capacity: int) -> None:
+    node.metrics.queue_length.labels(queue).set_function(length)
+    node.metrics.queue_capacity.labels(queue).set(capacity)
+
+
+async def _summary(started: list[Node]) -> None:
+    since = started[0].stopping_since if started else None
+    if since is None:
+        return
+    node = started[0]
+    took = time.monotonic() - since
+    parts = [f"stopped in {took:.1f}s (budget {node.config.node.shutdown_budget:.0f}s)"]
+    writer = node.writer
+    if writer is not None:
+        left = len(writer.inbox) + writer.held
+        parts.append(f"{writer.written} event(s) stored, {writer.spooled} message(s) "
+                     f"spooled, {writer.replayed} replayed, {writer.spool_pending} waiting "
+                     f"in the spool, {left} left unacknowledged at the broker")
+    if node.cameras is not None:
+        parts.append(f"{len(node.cameras.cameras)} camera(s) released")
+    (log.info if took <= node.config.node.shutdown_budget else log.warning)(
+        "; ".join(parts))

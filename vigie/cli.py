@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -53,8 +52,7 @@ async def _serve_until_signalled(config: Config) -> None:
                  config.node.name, len(config.sites), node.api_url)
         await stop.wait()
         log.info("stopping")
-        stopping_since = time.monotonic()
-    log.info("stopped in %.1fs", time.monotonic() - stopping_since)
+    # running_node logs the summary line once everything has stopped.
 
 
 def cmd_run(args: argparse.Namespace) -> int:

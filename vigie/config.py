@@ -43,18 +43,25 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "SENSOR_KINDS",
     "AlertRule",
+    "AlertmanagerNotifier",
     "ApiConfig",
     "CameraConfig",
+    "ClusterConfig",
     "Config",
+    "CorrelationConfig",
     "DatabaseConfig",
     "EscalationConfig",
     "LoggingConfig",
     "MqttConfig",
     "NodeConfig",
+    "Notifier",
     "OpeningHours",
     "RetentionConfig",
     "SensorConfig",
     "SiteConfig",
+    "SpoolConfig",
+    "StormConfig",
+    "WebhookNotifier",
     "load_config",
     "parse_config",
 ]
@@ -86,6 +93,26 @@ def _duration(value: Any) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _size(value: Any) -> int:
+    """`512MiB`, `2GB`, `64KiB` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512MiB or 2GB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+    else:
+        raise ValueError("expected a size such as 512MiB or 2GB")
+    if size <= 0:
+        raise ValueError("expected a positive size")
+    return size
+
+
 def _slug(value: str) -> str:
     if not _SLUG.match(value):
         raise ValueError("expected a slug: lowercase letters, digits, '-' or '_' (max 63)")
@@ -101,6 +128,7 @@ def _secret(value: Any) -> Secret:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+ByteSize = Annotated[int, BeforeValidator(_size)]
 Slug = Annotated[str, AfterValidator(_slug)]
 SecretStr = Annotated[
     Secret, BeforeValidator(_secret), PlainSerializer(lambda s: "***", return_type=str)
@@ -123,6 +151,8 @@ class NodeConfig(_Model):
     data_dir: Path = Path("./var")
     # Processes decoding and analysing camera streams (None: one per core, at most 8).
     camera_workers: int | None = Field(default=None, ge=1, le=64)
+    # SIGTERM: stop reading, write or spool what was received, stop the loops, within this.
+    shutdown_budget: Duration = 10.0
 
 
 class DatabaseConfig(_Model):
@@ -175,6 +205,16 @@ class DatabaseConfig(_Model):
         return value
 
 
+class SpoolConfig(_Model):
+    """Where acknowledged messages wait while PostgreSQL is away (node.data_dir/spool)."""
+
+    enabled: bool = True
+    # At the cap, vigie stops acknowledging: the broker keeps the messages, none is dropped.
+    max_size: ByteSize = 1024**3
+    segment_size: ByteSize = 64 * 1024**2
+    replay_batch: int = Field(default=5_000, ge=1, le=100_000)  # messages per transaction
+
+
 class MqttTls(_Model):
     """TLS to the broker: the CA that signed its certificate, and a client certificate
     when the broker asks for one."""
@@ -210,6 +250,9 @@ class MqttConfig(_Model):
     session_expiry: Duration = 86_400.0
     max_payload: int = Field(default=65_536, ge=256, le=16_777_216)
     protocol: Literal["3.1.1", "5"] = "5"
+    # MQTT 5 shared subscriptions: subscribe to $share/<group>/<filter>, so that the nodes
+    # of a cluster split the sensor traffic (default with cluster.enabled: "vigie").
+    shared_group: str | None = Field(default=None, pattern=r"^[^/+#$]{1,64}$")
 
     @field_validator("url")
     @classmethod
@@ -258,6 +301,9 @@ def _origin(value: str) -> str:
 
 class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
+    # How operators and other tools reach this API (links in notifications); default:
+    # http://<listen>.
+    public_url: str | None = None
     # Serve HTTPS directly (both or neither); else plain HTTP, e.g. behind a TLS proxy.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -266,6 +312,9 @@ class ApiConfig(_Model):
     trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
     # Browser origins allowed to call the API (CORS); none by default.
     cors_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = ()
+    # Failed authentications allowed per client address and minute before 429: slows down
+    # token guessing; raise it for a proxy that forwards no client address.
+    auth_failures_per_minute: int = Field(default=20, ge=1, le=100_000)
 
     @field_validator("tls_cert", "tls_key", mode="after")
     @classmethod
@@ -285,6 +334,17 @@ class ApiConfig(_Model):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port, e.g. 127.0.0.1:8080")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("expected http(s)://host[:port][/path], without credentials")
+        return value.rstrip("/") if value else value
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.listen}"
 
     @property
     def host(self) -> str:
@@ -643,8 +703,42 @@ def _camera_severities() -> dict[CameraReason, Severity]:
             "blurred": "minor"}
 
 
+class StormConfig(_Model):
+    """A site whose network drops shows all its cameras (or sensors) unreachable at once:
+    one `site_unreachable` alert groups them instead of a page per device."""
+
+    enabled: bool = True
+    # Share of a site's cameras (or of its sensors) unreachable at once.
+    fraction: float = Field(default=0.8, gt=0, le=1)
+    min_sources: int = Field(default=3, ge=1)  # and at least this many of them
+    severity: Severity = "critical"  # of the site alert: the whole site is blind
+    # Camera offline alerts wait this long before being raised, so that those of one site
+    # going down together are seen together (the camera's state is live meanwhile).
+    window: Duration = 5.0
+    # Devices still down this long after their site came back are released from the group
+    # (un-silenced: notified on their own); those back within it are never paged.
+    release_after: Duration = 60.0
+
+
+class CorrelationConfig(_Model):
+    """What a sensor alarm gathers: snapshots of its zone's cameras, and links."""
+
+    # Sensor alerts at least this grave get the snapshots of the cameras of their zone
+    # (intrusion, panic, tamper, a door at night; not a door during class hours).
+    min_severity: Severity = "major"
+    # A second snapshot this long after the alarm (None: only the one at the alarm time).
+    snapshot_after: Duration | None = 5.0
+    # No snapshot for an alarm handled later than this (a backlog replayed after an
+    # outage): the camera's picture then is not the picture at the alarm time.
+    max_delay: Duration = 60.0
+    # An intrusion alarm links to the camera alerts of its site opened this long before it;
+    # a camera alert links to every intrusion alarm of its site still unresolved.
+    link_window: Duration = 600.0
+
+
 class AlertsConfig(_Model):
     rules: tuple[AlertRule, ...] = DEFAULT_RULES
+    correlation: CorrelationConfig = CorrelationConfig()
     # Severity of each camera health reason: covered and moved are likely tampering.
     camera: dict[CameraReason, Severity] = Field(default_factory=_camera_severities)
 
@@ -662,7 +756,83 @@ class AlertsConfig(_Model):
     battery_low_severity: Severity = "minor"
     # Escalation by severity, for alerts whose rule sets none: {critical: {after: 5m}}.
     escalation: dict[Severity, EscalationConfig] = Field(default_factory=dict)
+    storm: StormConfig = StormConfig()
 
+
+NOTIFIER_TYPES = ("webhook", "alertmanager")
+# Alert changes a webhook can be told of (the live feed's alert.<action> messages).
+NotifyAction = Literal["opened", "repeated", "acknowledged", "unacknowledged", "assigned",
+                       "resolved", "commented", "escalated", "silenced", "unsilenced",
+                       "correlated"]
+
+
+def _http_url(value: Secret) -> Secret:
+    # Never echo the value: a notifier URL may carry a token or a password.
+    if not re.match(r"^https?://[^/?#\s]+(/\S*)?$", value.reveal()):
+        raise ValueError("expected http(s)://host[:port][/path]")
+    return value
+
+
+def _not_empty(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise ValueError("must list at least one")
+    return value
+
+
+def _strong_secret(value: Secret) -> Secret:
+    if len(value.reveal()) < 16:
+        raise ValueError("too short: at least 16 characters (e.g. openssl rand -hex 32)")
+    return value
+
+
+class _NotifierBase(_Model):
+    name: Slug  # metric label and the key of its progress in PostgreSQL: keep it stable
+    url: Annotated[SecretUrl, AfterValidator(_http_url)]
+    severities: Annotated[tuple[Severity, ...], AfterValidator(_not_empty)] = (
+        "critical", "major", "minor", "info")
+    sites: tuple[str, ...] | None = None  # None: every site
+    timeout: Duration = 10.0  # per request
+    max_attempts: int = Field(default=6, ge=1, le=100)  # then a dead letter
+    retry_first: Duration = 1.0  # first retry delay, doubled at each attempt (with jitter)
+    retry_max: Duration = 300.0
+
+
+class WebhookNotifier(_NotifierBase):
+    """POST a JSON body signed with HMAC-SHA256 (X-Vigie-Signature-256) per alert change."""
+
+    type: Literal["webhook"]
+    secret: Annotated[SecretStr, AfterValidator(_strong_secret)]
+    # `unsilenced`: an alert raised during a silence that ended while it is still open is
+    # news, like an opening.
+    actions: Annotated[tuple[NotifyAction, ...], AfterValidator(_not_empty)] = (
+        "opened", "unsilenced", "escalated", "acknowledged", "resolved")
+
+
+class AlertmanagerNotifier(_NotifierBase):
+    """Prometheus Alertmanager API v2: `url` is its base (http://alertmanager:9093)."""
+
+    type: Literal["alertmanager"]
+    # Active alerts are posted again this often: keep it well under Alertmanager's
+    # resolve_timeout (5m by default), or it resolves them on its own.
+    resend_every: Duration = 60.0
+
+
+Notifier = Annotated[WebhookNotifier | AlertmanagerNotifier, Field(discriminator="type")]
+
+
+def _duplicate_names(items: list[Any]) -> list[InitErrorDetails]:
+    errors: list[InitErrorDetails] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = _field(item, "name")
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            message = f"duplicate notifier name {name!r} (already used by notifiers[{first[name]}])"
+            errors.append(_duplicate((i, "name"), message, name))
+        else:
+            first[name] = i
+    return errors
 
 DAY = 86_400.0
 # The legal maximum for video-protection images in France (Code de la sécurité intérieure,
@@ -727,6 +897,27 @@ def _read_secret_file(path: Path) -> str:
     return secret
 
 
+class ClusterConfig(_Model):
+    """Several nodes on one database and one broker (vigie.cluster)."""
+
+    # Off: this node watches every camera and subscribes to every topic, as a lone node.
+    enabled: bool = False
+    # A node that stops renewing (dead, or cut from the database) loses its cameras after
+    # this long; the others take them over within it plus `interval`.
+    lease_seconds: Duration = Field(default=15.0, ge=1.0, le=600.0)
+    # How often a node looks for free cameras and handovers (one check interval).
+    interval: Duration = Field(default=1.0, ge=0.1, le=60.0)
+    # Cameras a node may take beyond its fair share (cameras / live nodes) when some are free.
+    margin: int = Field(default=2, ge=0, le=1000)
+    # Cameras one node hands over at a time when another joins (each is watched by the new
+    # node before the old one lets go).
+    handover_step: int = Field(default=10, ge=1, le=10_000)
+    # Sensor traffic: "shared" (MQTT 5 shared subscriptions, group mqtt.shared_group or
+    # "vigie"), or "elected" for brokers without them: one node, elected through a
+    # PostgreSQL advisory lock, subscribes (with one client id, so its session follows).
+    mqtt: Literal["shared", "elected"] = "shared"
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["human", "json"] = "human"
@@ -735,11 +926,14 @@ class LoggingConfig(_Model):
 class Config(_Model):
     node: NodeConfig = NodeConfig()
     database: DatabaseConfig = DatabaseConfig()
+    spool: SpoolConfig = SpoolConfig()
     mqtt: MqttConfig = MqttConfig()
     api: ApiConfig = ApiConfig()
+    cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     defaults: Defaults = Defaults()
     alerts: AlertsConfig = AlertsConfig()
+    notifiers: Annotated[tuple[Notifier, ...], _unique(_duplicate_names)] = ()
     retention: RetentionConfig = RetentionConfig()
     # A directory of per-site YAML files, merged into `sites` (relative to the config file).
     sites_dir: Path | None = None
@@ -747,6 +941,16 @@ class Config(_Model):
         tuple[SiteConfig, ...],
         _unique(lambda items: _duplicate_ids("site", items), _duplicate_topics),
     ] = ()
+
+    @model_validator(mode="after")
+    def _cluster_needs(self) -> Config:
+        if self.cluster.enabled and self.database.dsn is None:
+            raise ValueError("cluster.enabled: the nodes share one PostgreSQL, set "
+                             "database.dsn (the embedded server is a node's own)")
+        if self.cluster.enabled and self.cluster.mqtt == "elected" and self.mqtt.shared_group:
+            raise ValueError("cluster.mqtt: elected (one node subscribes) and "
+                             "mqtt.shared_group (every node subscribes) exclude each other")
+        return self
 
     def site(self, site_id: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -764,6 +968,8 @@ class Config(_Model):
 
 
 def _path_of(loc: tuple[int | str, ...]) -> str:
+    if len(loc) > 2 and loc[0] == "notifiers" and loc[2] in NOTIFIER_TYPES:
+        loc = loc[:2] + loc[3:]  # the union's tag: not a key the user wrote
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -786,6 +992,8 @@ def _message(err: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "required"
+    if kind in ("union_tag_not_found", "union_tag_invalid"):  # a notifier's `type`
+        return "expected one of " + ", ".join(NOTIFIER_TYPES)
     if kind == "string_pattern_mismatch" and err["loc"][-1:] == ("uai",):
         return "expected a UAI code: 7 digits and a letter, e.g. 0781234A"
     msg = str(err["msg"])
@@ -796,6 +1004,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors(include_input=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("[")))
+        if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            loc += ("type",)
         problems.append(f"{_path_of(loc)}: {_message(err)}")
     return problems
 
@@ -917,6 +1127,13 @@ def _with_origin(problem: str, origin: dict[int, str]) -> str:
     return problem
 
 
+def _unknown_notifier_sites(config: Config) -> list[str]:
+    known = {site.id for site in config.sites}
+    return [f"notifiers[{i}].sites[{j}]: unknown site {site!r}"
+            for i, notifier in enumerate(config.notifiers)
+            for j, site in enumerate(notifier.sites or ()) if site not in known]
+
+
 def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Config:
     """Validate an already-parsed document; raise ConfigError with every problem.
 
@@ -935,6 +1152,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, source: str = "") -> Co
     except ValidationError as exc:
         problems.extend(_format_errors(exc))
         config = None
+    if config is not None:
+        problems.extend(_unknown_notifier_sites(config))
     if problems or config is None:
         raise ConfigError([_with_origin(p, origin) for p in problems], source)
     calendar = config.alerts.school_calendar

@@ -64,3 +64,6 @@ def setup_logging(level: str = "info", fmt: str = "human", prefix: str = "") -> 
     # paho and asyncpg chatter at debug level is rarely what an operator wants.
     for noisy in ("aiohttp.access", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # While PostgreSQL is away asyncpg's pool logs a traceback at each attempt to reconnect
+    # its idle connections; the store says once that the database is unreachable.
+    logging.getLogger("asyncpg.pool").setLevel(max(logging.ERROR, root.level))

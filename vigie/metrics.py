@@ -54,6 +54,35 @@ class Metrics:
         self.db_errors = Counter(
             "vigie_db_errors", "Database operations that failed", ["operation"], registry=r)
         self.db_up = Gauge("vigie_db_up", "1 while the database answers", registry=r)
+        # Reliability: the local spool (PostgreSQL away) and the length of every queue.
+        self.spool_bytes = Gauge(
+            "vigie_spool_bytes", "Bytes in the local spool, waiting for the database",
+            registry=r)
+        self.spool_messages = Gauge(
+            "vigie_spool_messages", "Messages in the local spool, waiting for the database",
+            registry=r)
+        self.spool_limit = Gauge(
+            "vigie_spool_limit_bytes", "The spool's cap: at it, acknowledgements stop",
+            registry=r)
+        self.spool_full = Gauge(
+            "vigie_spool_full", "1 while the spool is at its cap (the broker keeps messages)",
+            registry=r)
+        self.spool_appended = Counter(
+            "vigie_spool_appended_messages", "Messages written to the spool, then acknowledged",
+            registry=r)
+        self.spool_replayed = Counter(
+            "vigie_spool_replayed_messages", "Spooled messages written to the database",
+            registry=r)
+        self.queue_length = Gauge(
+            "vigie_queue_length", "Items waiting in an in-memory queue", ["queue"], registry=r)
+        self.queue_peak = Gauge(
+            "vigie_queue_peak", "The most items an in-memory queue held since the start",
+            ["queue"], registry=r)
+        self.queue_capacity = Gauge(
+            "vigie_queue_capacity", "The bound of an in-memory queue", ["queue"], registry=r)
+        self.site_unreachable = Gauge(
+            "vigie_site_unreachable", "1 while a site is judged unreachable as a whole",
+            ["site"], registry=r)
         self.alerts_open = Gauge(
             "vigie_alerts_open", "Unresolved alerts", ["site", "severity"], registry=r)
         self.alerts_total = Counter(
@@ -103,6 +132,30 @@ class Metrics:
         self.http_seconds = Histogram(
             "vigie_http_request_seconds", "API request duration", ["route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=r)
+
+        # Several nodes (vigie.cluster).
+        self.cluster_cameras_leased = Gauge(
+            "vigie_cluster_cameras_leased", "Cameras whose lease this node holds", registry=r)
+        self.cluster_nodes = Gauge(
+            "vigie_cluster_nodes", "Live nodes sharing the cameras, as this node sees them",
+            registry=r)
+        self.cluster_renew_failures = Counter(
+            "vigie_cluster_lease_renew_failures",
+            "Lease renewals that failed (database unreachable or too slow)", registry=r)
+        self.cluster_lease_lapses = Counter(
+            "vigie_cluster_lease_lapses",
+            "Times this node stopped watching its cameras, unable to prove it held them",
+            registry=r)
+        self.cluster_handovers = Counter(
+            "vigie_cluster_handovers", "Cameras handed over between nodes, by direction",
+            ["direction"], registry=r)
+        self.cluster_claims = Counter(
+            "vigie_cluster_claims", "Free cameras this node took (a node stopped or died)",
+            registry=r)
+        self.cluster_mqtt_leader = Gauge(
+            "vigie_cluster_mqtt_leader",
+            "1 while this node is the elected MQTT subscriber (cluster.mqtt: elected)",
+            registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import jsonschema
@@ -24,8 +24,10 @@ from multidict import CIMultiDictProxy
 
 from tests.conftest import make_config
 from tests.pg import temporary_database
+from vigie.api._auth import Authenticator
 from vigie.api._routes import endpoints
 from vigie.app import Node, running_node
+from vigie.store import Store
 from vigie.store._alerts import AlertOccurrence, upsert_alert
 from vigie.store._cameras import keep_snapshot
 from vigie.store._silences import Matchers
@@ -762,3 +764,12 @@ async def test_request_metrics_count_the_status_that_was_sent(node: Node, api: A
     assert any('route="/api/v1/alerts/{alert_id}/ack"' in line and 'status="409"' in line
                for line in lines), lines
     assert not [line for line in lines if 'status="500"' in line], lines
+
+
+def test_the_throttle_allows_the_configured_failures() -> None:
+    auth = Authenticator(cast(Store, None), max_failures=3)  # no token lookups here
+    for _ in range(3):
+        assert not auth.throttled("192.0.2.7")
+        auth.failed("192.0.2.7")
+    assert auth.throttled("192.0.2.7")
+    assert not auth.throttled("192.0.2.8")

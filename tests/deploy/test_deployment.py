@@ -355,7 +355,8 @@ def test_the_prometheus_rule_is_rules_yml() -> None:
 def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     built_in = [(f, d) for f, d in _manifests() if d["apiVersion"] != "monitoring.coreos.com/v1"]
     assert {d["kind"] for _, d in built_in} == {
-        "Namespace", "ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget"}
+        "Namespace", "ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget",
+        "HorizontalPodAutoscaler"}
     for name, doc in built_in:
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

@@ -100,6 +100,40 @@ async def test_audit_of_a_scoped_admin_is_limited_to_its_sites(plain: tuple[Node
     assert (await api.call("GET", f"/api/v1/audit?site={JM}", scoped)).status == 404
 
 
+async def test_actions_on_alerts_silences_and_snapshots_are_audited_with_their_site(
+    plain: tuple[Node, Api]
+) -> None:
+    """Their paths name no site; the entry still carries it, so that an admin of that
+    site finds them (and an admin of another site does not)."""
+    node, api = plain
+    alert = await open_alert(node, PASTEUR)
+    for action in ("ack", "comments", "unack", "resolve"):
+        body = {"comment": f"{action} par l'opérateur"}
+        assert (await api.call("POST", f"/api/v1/alerts/{alert}/{action}",
+                               json=body)).status in (200, 201)
+    silence = await api.call("POST", "/api/v1/silences", json={
+        "matchers": {"site": PASTEUR, "source": "centrale"}, "duration": "1h",
+        "comment": "maintenance de la centrale"})
+    assert silence.status == 201, silence.body
+    assert (await api.call("DELETE", f"/api/v1/silences/{silence.body['id']}")).status == 200
+    snapshot = await _kept_snapshot(node)  # of JM's camera
+    assert (await api.call("GET", f"/api/v1/snapshots/{snapshot}")).status == 200
+
+    async with node.store.connection() as conn:
+        rows = await conn.fetch("SELECT action, site FROM audit_log ORDER BY id")
+    sites = {r["action"]: r["site"] for r in rows}
+    assert {a: sites.get(a) for a in (
+        "ack_alert", "comment_alert", "unack_alert", "resolve_alert", "create_silence",
+        "end_silence", "get_snapshot")} == {
+        "ack_alert": PASTEUR, "comment_alert": PASTEUR, "unack_alert": PASTEUR,
+        "resolve_alert": PASTEUR, "create_silence": PASTEUR, "end_silence": PASTEUR,
+        "get_snapshot": JM}
+    theirs = await make_token(node, "admin", [JM])
+    seen = {e["action"] for e in (await api.get("/api/v1/audit?limit=500",
+                                                   token=theirs))["items"]}
+    assert "get_snapshot" in seen and "ack_alert" not in seen
+
+
 @pytest.mark.parametrize("query", [
     "from=yesterday", "to=2026-11-28T08:00:00", "limit=0", "limit=501", "cursor=zzz",
     "from=2026-11-28T10:00:00Z&to=2026-11-28T09:00:00Z", "actor=a%00b", "bogus=1",

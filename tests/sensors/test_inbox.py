@@ -157,3 +157,35 @@ async def test_full_at_capacity(capacity: int) -> None:
         assert not inbox.full
     inbox.append(capacity)
     assert inbox.full
+
+
+async def test_get_batch_gives_up_after_its_timeout_and_says_closed_with_none() -> None:
+    inbox: Inbox[int] = Inbox(10)
+    # The writer waits with a timeout while the database is away, to try it again.
+    assert await inbox.get_batch(5, timeout=0) == []
+    assert await inbox.get_batch(5, timeout=0.01) == []
+    inbox.append(1)
+    assert await inbox.get_batch(5, timeout=0) == [1]
+    inbox.append(2)
+    inbox.close()
+    # Closed: what is left is still handed out, then None (not [], which is a timeout).
+    assert await inbox.get_batch(5, timeout=0) == [2]
+    assert await inbox.get_batch(5, timeout=0) is None
+    assert await inbox.get_batch(5) is None
+
+
+async def test_close_wakes_a_waiting_writer_with_none() -> None:
+    inbox: Inbox[int] = Inbox(10)
+    waiting = asyncio.create_task(inbox.get_batch(10, timeout=30))
+    await settle()
+    inbox.close()
+    assert await asyncio.wait_for(waiting, 10) is None
+
+
+async def test_peak_is_the_most_it_held() -> None:
+    inbox: Inbox[int] = Inbox(3)
+    reader = Reader(inbox)
+    reader.offer(list(range(10)))
+    await inbox.get_batch(10)
+    reader.offer([1])
+    assert inbox.peak == 3 and len(inbox) == 1

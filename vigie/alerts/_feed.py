@@ -43,7 +43,10 @@ BATCH = 500  # changes per insert, rows per read
 RETRY_MIN, RETRY_MAX = 0.2, 15.0
 SLOW, LAGGED, SHUTDOWN = "slow", "lagged", "shutdown"  # why a subscription was closed
 
-_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: asyncpg's protocol confused by a server going away mid-query (seen
+# when PostgreSQL is stopped under load): a lost connection like the others.
+_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                  asyncpg.exceptions.InternalClientError)
 _COLUMNS = "seq, type, at, site, payload::text AS payload"
 _LOCK = ("SET LOCAL lock_timeout = '5s'; "
          # A writer that hangs inside its transaction must not hold every node's feed.

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vigie.alerts._rules import Decision, Raise, Resolve
+from vigie.alerts._storms import StormGuard
 from vigie.metrics import Metrics
 from vigie.store import Store, _escalations, _silences
 from vigie.store import _alerts as q
@@ -49,7 +50,8 @@ Listener = Callable[[AlertChange], None]
 
 # Every AlertChange.action; the feed sends them as `alert.<action>`.
 CHANGES = ("opened", "repeated", "acknowledged", "unacknowledged", "assigned", "commented",
-           "escalated", "silenced", "unsilenced", "resolved")
+           "escalated", "silenced", "unsilenced", "resolved",
+           "correlated")  # snapshots attached or alerts linked (vigie.alerts._correlation)
 
 
 class AlertService:
@@ -65,6 +67,12 @@ class AlertService:
         # Refreshed from the database, so alerts opened by another node are known too.
         self._unresolved: set[str] = set()
         self._added_since_refresh: set[str] = set()
+        # The unresolved alerts themselves, by fingerprint: what the API serves while the
+        # database is away. Refreshed from it, and moved on by every committed change.
+        self.open_alerts: dict[str, q.Alert] = {}
+        self._changed_since_refresh: dict[str, q.Alert] = {}
+        # Site-level grouping of unreachable devices (alert storms); None: off.
+        self.storms: StormGuard | None = None
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -72,6 +80,7 @@ class AlertService:
     def publish(self, changes: Sequence[AlertChange]) -> None:
         """Tell listeners, after the changes are committed."""
         for change in changes:
+            self._remember(change.alert)
             if change.action == "opened":
                 a = change.alert
                 self._metrics.alerts_total.labels(a.site, a.kind, a.severity).inc()
@@ -91,22 +100,44 @@ class AlertService:
                 except Exception:  # one broken listener must not silence the others
                     log.exception("alert listener failed")
 
+    def _remember(self, alert: q.Alert) -> None:
+        self._changed_since_refresh[alert.fingerprint] = alert
+        if alert.state == "resolved":
+            if (known := self.open_alerts.get(alert.fingerprint)) and known.id == alert.id:
+                del self.open_alerts[alert.fingerprint]
+        else:
+            self.open_alerts[alert.fingerprint] = alert
+
+    def open_counts(self) -> dict[tuple[str, str], int]:
+        """Unresolved alerts by (site, severity), from memory."""
+        counts: dict[tuple[str, str], int] = {}
+        for a in self.open_alerts.values():
+            counts[(a.site, a.severity)] = counts.get((a.site, a.severity), 0) + 1
+        return counts
+
     async def refresh(self) -> None:
-        """Reload unresolved fingerprints and the open-alert gauges from the database."""
+        """Reload unresolved alerts and the open-alert gauges from the database."""
         # A fingerprint added while the query runs may be missing from its snapshot: keep
         # those. A stale extra costs one no-op UPDATE; a missing one would lose a resolve.
         before, self._added_since_refresh = self._added_since_refresh, set()
+        self._changed_since_refresh = {}
         async with self._store.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT fingerprint, site, severity FROM alerts WHERE state <> 'resolved'")
+            rows = await conn.fetch(q.UNRESOLVED)
+        alerts = [q.Alert.from_row(r) for r in rows]
         self._unresolved = (
-            {r["fingerprint"] for r in rows} | before | self._added_since_refresh
+            {a.fingerprint for a in alerts} | before | self._added_since_refresh
         )
-        counts: dict[tuple[str, str], int] = {}
-        for r in rows:
-            counts[(r["site"], r["severity"])] = counts.get((r["site"], r["severity"]), 0) + 1
+        # Changes committed while the query ran are newer than its snapshot.
+        fresh = {a.fingerprint: a for a in alerts}
+        for fingerprint, alert in self._changed_since_refresh.items():
+            if alert.state == "resolved":
+                if (known := fresh.get(fingerprint)) and known.id == alert.id:
+                    del fresh[fingerprint]
+            else:
+                fresh[fingerprint] = alert
+        self.open_alerts = fresh
         self._metrics.alerts_open.clear()
-        for (site, severity), n in counts.items():
+        for (site, severity), n in self.open_counts().items():
             self._metrics.alerts_open.labels(site, severity).set(n)
 
     async def refresh_forever(self, interval: float = 5.0) -> None:
@@ -148,15 +179,46 @@ class AlertService:
             resolved_here.update(fingerprint for fingerprint, _, _ in resolves)
             changes.extend(AlertChange("resolved", a)
                            for a in await q.resolve_fingerprints(conn, resolves))
+        if self.storms is not None and changes:
+            changes = await self._group_storms(conn, changes)
         return changes
+
+    async def _group_storms(self, conn: Any, changes: list[AlertChange]
+                            ) -> list[AlertChange]:
+        """Site-level grouping (`StormGuard`). An alert grouped in the transaction that
+        opened it is told as opened, already silenced: no listener ever sees it unsilenced."""
+        assert self.storms is not None
+        grouping = await self.storms.review(conn, changes, self.open_alerts.values())
+        grouped = {alert.id: alert for action, alert in grouping if action == "silenced"}
+        told: set[uuid.UUID] = set()
+        out: list[AlertChange] = []
+        for c in changes:
+            if c.action in ("opened", "repeated") and c.alert.id in grouped:
+                told.add(c.alert.id)
+                out.append(AlertChange(c.action, grouped[c.alert.id], c.actor))
+            else:
+                out.append(c)
+        for action, alert in grouping:
+            if action == "opened":
+                self._unresolved.add(alert.fingerprint)
+                self._added_since_refresh.add(alert.fingerprint)
+            if action != "silenced" or alert.id not in told:
+                out.append(AlertChange(action, alert))
+        return out
 
     def _with_escalation(self, occ: q.AlertOccurrence) -> q.AlertOccurrence:
         if occ.escalation is not None or occ.severity not in self._escalation:
             return occ
         return dataclasses.replace(occ, escalation=self._escalation[occ.severity])
 
-    async def raise_now(self, decisions: Sequence[Decision]) -> list[AlertChange]:
-        """Apply decisions in a transaction of their own (heartbeat, camera health)."""
+    async def raise_now(self, decisions: Sequence[Decision], *, hold: bool = True
+                        ) -> list[AlertChange]:
+        """Apply decisions in a transaction of their own (heartbeat, camera health). Camera
+        offline raises may be held a moment first (`StormGuard`): they are not returned."""
+        if self.storms is not None and hold:
+            decisions = self.storms.hold(decisions, self._unresolved)
+            if not decisions:
+                return []
         async with self._store.transaction() as conn:
             changes = await self.apply(conn, decisions)
         self.publish(changes)

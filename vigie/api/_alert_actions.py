@@ -13,6 +13,7 @@ from aiohttp import web
 from vigie.api._auth import Principal
 from vigie.api._bodies import read_body
 from vigie.api._errors import ApiError
+from vigie.api._spec import audit_site
 from vigie.store import _alerts as alerts_q
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ async def resolve_alert(request: web.Request, ctx: ApiContext, p: Principal,
     comment = body.text("comment")
     resolution = body.choice("resolution", alerts_q.RESOLUTIONS)
     alert = await ctx.alerts.resolve(q["alert_id"], p.name, comment, p.sites, resolution)
+    audit_site(request, alert.site)
     return web.json_response(alert.to_json())
 
 
@@ -61,6 +63,7 @@ async def unack_alert(request: web.Request, ctx: ApiContext, p: Principal,
     body = await read_body(request, ("comment",))
     alert = await ctx.alerts.unacknowledge(q["alert_id"], p.name, body.text("comment"),
                                            p.sites)
+    audit_site(request, alert.site)
     return web.json_response(alert.to_json())
 
 
@@ -79,4 +82,5 @@ async def assign_alert(request: web.Request, ctx: ApiContext, p: Principal,
                                f"assignee: no active operator or admin token named "
                                f"{assignee!r} that sees site {alert.site}")
     alert = await ctx.alerts.assign(q["alert_id"], p.name, assignee, comment, p.sites)
+    audit_site(request, alert.site)
     return web.json_response(alert.to_json())

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from vigie.errors import StoreUnavailable
 from vigie.store import Store
 from vigie.store._tokens import authenticate
 
@@ -17,7 +18,7 @@ __all__ = ["Authenticator", "Principal", "client_address", "forwarded_https"]
 
 # A valid token is re-checked against the database at most this often (revocation delay).
 CACHE_SECONDS = 5.0
-# Failed attempts allowed per client address and window, before 429.
+# Failed attempts allowed per client address and window, before 429 (api.auth_failures_per_minute).
 MAX_FAILURES = 20
 FAILURE_WINDOW = 60.0
 
@@ -33,8 +34,9 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_failures: int = MAX_FAILURES) -> None:
         self._store = store
+        self._max_failures = max_failures
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._failures: dict[str, list[float]] = {}
 
@@ -45,7 +47,7 @@ class Authenticator:
             self._failures[remote] = recent
         else:
             self._failures.pop(remote, None)
-        return len(recent) >= MAX_FAILURES
+        return len(recent) >= self._max_failures
 
     def failed(self, remote: str) -> None:
         self._failures.setdefault(remote, []).append(time.monotonic())
@@ -60,8 +62,15 @@ class Authenticator:
         cached = self._cache.get(token)
         if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
-        async with self._store.connection() as conn:
-            info = await authenticate(conn, token, now)
+        try:
+            async with self._store.connection() as conn:
+                info = await authenticate(conn, token, now)
+        except StoreUnavailable:
+            # The database is away: a token it accepted before still opens what the node
+            # can serve from memory (no token can be revoked meanwhile either).
+            if cached:
+                return cached[1]
+            raise
         if info is None:
             self._cache.pop(token, None)
             return None

@@ -7,6 +7,7 @@ is addressed as /cameras/{site}/{camera}.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +16,9 @@ from aiohttp import web
 
 from vigie.api._auth import Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraState
+from vigie.errors import StoreUnavailable
 from vigie.store import _cameras as cameras_q
 
 if TYPE_CHECKING:
@@ -56,11 +58,13 @@ async def get_camera(request: web.Request, ctx: ApiContext, p: Principal,
 
     state = _camera(ctx, p, q)
     now = ctx.clock()
-    async with ctx.store.connection() as conn:
-        day = await cameras_q.availability(conn, state.site.id, state.camera.id,
-                                           now - timedelta(days=1), now)
-        week = await cameras_q.availability(conn, state.site.id, state.camera.id,
-                                            now - timedelta(days=7), now)
+    day = week = None  # unknown while the database is away: the state is live anyway
+    with contextlib.suppress(StoreUnavailable):
+        async with ctx.store.connection() as conn:
+            day = await cameras_q.availability(conn, state.site.id, state.camera.id,
+                                               now - timedelta(days=1), now)
+            week = await cameras_q.availability(conn, state.site.id, state.camera.id,
+                                                now - timedelta(days=7), now)
     assert ctx.cameras is not None
     return ok({**ctx.cameras.view(state), "availability": {"24h": day, "7d": week},
                "checks": state.checks.model_dump(mode="json")})
@@ -106,6 +110,7 @@ async def get_snapshot(request: web.Request, ctx: ApiContext, p: Principal,
         row = await cameras_q.get_snapshot(conn, q["snapshot_id"])
     if row is None or not p.sees(row["site"]):
         raise ApiError(404, "not_found", f"snapshot {q['snapshot_id']} not found")
+    audit_site(request, row["site"])
     return _jpeg(ctx.config.node.data_dir / row["path"])
 
 

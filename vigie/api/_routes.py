@@ -15,9 +15,10 @@ from vigie.alerts import AlertService, Schedule
 from vigie.alerts._feed import Feed
 from vigie.api._auth import Authenticator, Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraSupervisor
 from vigie.config import SENSOR_KINDS, Config
+from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
 from vigie.store import Store
 from vigie.store import _alerts as alerts_q
@@ -174,8 +175,11 @@ async def get_site(request: web.Request, ctx: ApiContext, p: Principal,
 
 
 async def _open_counts(ctx: ApiContext) -> dict[tuple[str, str], int]:
-    async with ctx.store.connection() as conn:
-        return await alerts_q.open_counts(conn)
+    try:
+        async with ctx.store.connection() as conn:
+            return await alerts_q.open_counts(conn)
+    except StoreUnavailable:
+        return ctx.alerts.open_counts()  # the database is away: what this node knows
 
 
 def _site_json(ctx: ApiContext, site_id: str, counts: dict[tuple[str, str], int]
@@ -225,19 +229,52 @@ async def list_events(request: web.Request, ctx: ApiContext, p: Principal,
 
 async def list_alerts(request: web.Request, ctx: ApiContext, p: Principal,
                       q: dict[str, Any]) -> web.Response:
-    async with ctx.store.connection() as conn:
-        items, cursor = await alerts_q.list_alerts(
-            conn, states=q["state"], site=_scoped_site(p, q["site"]), severity=q["severity"],
-            sites=p.sites, limit=q["limit"], cursor=_alert_cursor(q["cursor"]),
-            silenced=_SILENCED[q["silenced"]])
-    return page(items, cursor)
+    site, cursor = _scoped_site(p, q["site"]), _alert_cursor(q["cursor"])
+    try:
+        async with ctx.store.connection() as conn:
+            items, next_cursor = await alerts_q.list_alerts(
+                conn, states=q["state"], site=site, severity=q["severity"],
+                sites=p.sites, limit=q["limit"], cursor=cursor,
+                silenced=_SILENCED[q["silenced"]])
+    except StoreUnavailable:
+        return _alerts_from_memory(ctx, p, q, site, cursor)
+    return page(items, next_cursor)
+
+
+def _alerts_from_memory(ctx: ApiContext, p: Principal, q: dict[str, Any], site: str | None,
+                        cursor: tuple[datetime, uuid.UUID] | None) -> web.Response:
+    """The database is away: the unresolved alerts this node knows, flagged `from_memory`.
+    Resolved ones are only in the database."""
+    states = set(q["state"] or ("open", "acknowledged", "resolved"))
+    if states == {"resolved"}:
+        raise StoreUnavailable("resolved alerts are only in the database")
+    silenced = _SILENCED[q["silenced"]]
+    found = sorted(
+        (a for a in ctx.alerts.open_alerts.values()
+         if a.state in states and p.sees(a.site) and site in (None, a.site)
+         and q["severity"] in (None, a.severity) and silenced in (None, a.silenced)
+         and (cursor is None or (a.opened_at, a.id) < cursor)),
+        key=lambda a: (a.opened_at, a.id), reverse=True)
+    shown = found[:q["limit"]]
+    last = shown[-1] if len(found) > q["limit"] else None
+    return ok({"items": [a.to_json() for a in shown], "from_memory": True,
+               "next_cursor": alerts_q.encode_cursor(last.opened_at, str(last.id))
+               if last else None})
 
 
 async def get_alert(request: web.Request, ctx: ApiContext, p: Principal,
                     q: dict[str, Any]) -> web.Response:
-    async with ctx.store.connection() as conn:
-        alert = await alerts_q.get_alert(conn, q["alert_id"], p.sites)
-        history = await alerts_q.history(conn, alert.id)
+    try:
+        async with ctx.store.connection() as conn:
+            alert = await alerts_q.get_alert(conn, q["alert_id"], p.sites)
+            history = await alerts_q.history(conn, alert.id)
+    except StoreUnavailable:
+        # The database is away: an unresolved alert this node knows, without its history.
+        known = next((a for a in ctx.alerts.open_alerts.values()
+                      if a.id == q["alert_id"] and p.sees(a.site)), None)
+        if known is None:
+            raise
+        return ok({**known.to_json(), "history": [], "from_memory": True})
     return ok({**alert.to_json(), "history": [h.to_json() for h in history]})
 
 
@@ -245,6 +282,7 @@ async def ack_alert(request: web.Request, ctx: ApiContext, p: Principal,
                     q: dict[str, Any]) -> web.Response:
     comment = await _read_comment(request, required=False)
     alert = await ctx.alerts.acknowledge(q["alert_id"], p.name, comment, p.sites)
+    audit_site(request, alert.site)
     return ok(alert.to_json())
 
 
@@ -253,6 +291,7 @@ async def comment_alert(request: web.Request, ctx: ApiContext, p: Principal,
     comment = await _read_comment(request, required=True)
     assert comment is not None
     alert = await ctx.alerts.comment(q["alert_id"], p.name, comment, p.sites)
+    audit_site(request, alert.site)
     return ok(alert.to_json(), status=201)
 
 
@@ -285,6 +324,7 @@ def endpoints() -> list[Endpoint]:
     from vigie.api._alert_actions import assign_alert, resolve_alert, unack_alert
     from vigie.api._audit import audit_endpoints
     from vigie.api._cameras import camera_endpoints
+    from vigie.api._nodes import node_endpoints
     from vigie.api._reports import report_endpoints
     from vigie.api._silences import silence_endpoints
     from vigie.api._stream import PATH as STREAM_PATH
@@ -292,6 +332,7 @@ def endpoints() -> list[Endpoint]:
 
     site_q = Param("site", description="site id (slug)")
     return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(), *audit_endpoints(),
+            *node_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",

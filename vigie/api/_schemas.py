@@ -49,6 +49,8 @@ SCHEMAS: dict[str, Any] = {
             "escalation_level": {"type": "integer"}, "silenced": {"type": "boolean"},
             "snapshots": {"type": "array", "items": {}},
             "event_id": {"type": "integer", "nullable": True},
+            "related": {"type": "array", "description": "alerts linked by correlation",
+                        "items": {"type": "string", "format": "uuid"}},
             "next_escalation_at": _TS_NULL, "escalated_at": _TS_NULL,
             "assigned_to": _STR_NULL, "assigned_at": _TS_NULL,
             "resolution": {"type": "string", "nullable": True, "enum": [
@@ -164,7 +166,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "type": {"type": "string", "enum": [
                 "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
-                "alert.commented", "alert.unacknowledged", "alert.assigned",
+                "alert.commented", "alert.correlated", "alert.unacknowledged", "alert.assigned",
                 "alert.escalated", "alert.silenced", "alert.unsilenced", "camera.state",
                 "feed.hello", "feed.gap"]},
             "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},
@@ -196,6 +198,20 @@ SCHEMAS: dict[str, Any] = {
             "details": {"type": "object"}},
     },
     "AuditList": _list_of("AuditEntry"),
+    "Node": {
+        "type": "object",
+        "required": ["name", "state", "clustered", "cameras", "started_at", "last_seen_at",
+                     "lease_expires_at"],
+        "properties": {
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["up", "stopped", "lost"],
+                      "description": "lost: up, but silent for longer than its lease"},
+            "clustered": {"type": "boolean",
+                          "description": "shares the cameras through leases"},
+            "cameras": {"type": "integer", "description": "cameras it watches"},
+            "started_at": _TS, "last_seen_at": _TS, "lease_expires_at": _TS},
+    },
+    "NodeList": _list_of("Node"),
     "Health": {
         "type": "object", "required": ["status"],
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},

@@ -15,7 +15,7 @@ from vigie.api._auth import Principal, client_address, forwarded_https
 from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
-from vigie.api._spec import Endpoint, openapi_document, parse_params
+from vigie.api._spec import Endpoint, audit_site, openapi_document, parse_params
 from vigie.errors import VigieError
 from vigie.logs import REQUEST_ID
 from vigie.store import _audit as audit
@@ -119,7 +119,7 @@ async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
                  principal: Principal | None, status: int) -> None:
     """Every state-changing call and every snapshot view, whatever its outcome."""
     actor = principal.name if principal else "anonymous"
-    site = request.match_info.get("site")
+    site = audit_site(request)
     try:
         async with ctx.store.connection() as conn:
             await audit.record(conn, actor=actor, action=ep.operation_id,

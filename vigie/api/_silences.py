@@ -18,7 +18,7 @@ from aiohttp import web
 from vigie.api._auth import Principal
 from vigie.api._bodies import Body, read_body
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.config import CAMERA_REASONS, SENSOR_KINDS, Config
 from vigie.store import _alerts as alerts_q
 from vigie.store import _silences as silences_q
@@ -119,6 +119,8 @@ async def create_silence(request: web.Request, ctx: ApiContext, p: Principal,
     assert comment is not None
     _may_set_up(p, matchers)
     silence, _ = await ctx.alerts.create_silence(matchers, starts_at, ends_at, comment, p.name)
+    if "*" not in matchers.site:
+        audit_site(request, matchers.site)
     return web.json_response(silence.to_json(ctx.clock()), status=201)
 
 
@@ -155,6 +157,8 @@ async def end_silence(request: web.Request, ctx: ApiContext, p: Principal,
                       q: dict[str, Any]) -> web.Response:
     silence, _ = await ctx.alerts.end_silence(
         q["silence_id"], p.name, p.sites, check=lambda s: _may_set_up(p, s.matchers))
+    if "*" not in silence.matchers.site:
+        audit_site(request, silence.matchers.site)
     return web.json_response(silence.to_json(ctx.clock()))
 
 

@@ -13,9 +13,22 @@ from aiohttp import web
 
 from vigie.api._errors import ApiError
 
-__all__ = ["ALL_ROLES", "Endpoint", "Param", "parse_params"]
+__all__ = ["ALL_ROLES", "Endpoint", "Param", "audit_site", "parse_params"]
 
 ALL_ROLES = frozenset({"admin", "operator", "technician", "viewer"})
+
+
+
+_AUDIT_SITE = web.RequestKey("vigie.audit_site", str)
+
+
+def audit_site(request: web.Request, site: str | None = None) -> str | None:
+    """The site an audited call acted on: set by a handler that finds it out (an alert's,
+    a snapshot's), read when the audit entry is written. Without it, an admin limited to
+    some sites would not see, in the audit log, what was done on them."""
+    if site is not None:
+        request[_AUDIT_SITE] = site
+    return request.get(_AUDIT_SITE) or request.match_info.get("site")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ class Analyser:
         self.analysed_at: float | None = None
         self.check_seconds: float | None = None
         self.snapshot_at: float | None = None
+        self.snapshot_wanted = False  # asked for by the node (an alarm in the camera's zone)
         self._previous: np.ndarray | None = None
         self._freeze = FreezeDetector(checks)
         stored: Reference | None = None
@@ -79,6 +80,8 @@ class Analyser:
 
     def snapshot_due(self, now: float) -> bool:
         changed = self.reasons != self._last_reasons
+        if self.snapshot_wanted:
+            return True
         return changed or self.snapshot_at is None or now - self.snapshot_at >= SNAPSHOT_EVERY
 
     def write_snapshot(self, frame: Any, path: Path) -> None:
@@ -94,4 +97,5 @@ class Analyser:
         tmp.write_bytes(jpeg.tobytes())
         os.replace(tmp, path)
         self.snapshot_at = time.time()
+        self.snapshot_wanted = False
         self._last_reasons = self.reasons

@@ -26,7 +26,7 @@ import logging
 import shutil
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,8 @@ MAX_BACKOFF = 5.0
 
 class CameraHistory:
     def __init__(self, store: Store, alerts: AlertService, metrics: Metrics, data_dir: Path,
-                 *, max_samples: int = MAX_SAMPLES, max_transitions: int = MAX_TRANSITIONS
-                 ) -> None:
+                 *, max_samples: int = MAX_SAMPLES, max_transitions: int = MAX_TRANSITIONS,
+                 judged: Callable[[str, str], bool] | None = None) -> None:
         self._store = store
         self._alerts = alerts
         self._metrics = metrics
@@ -65,6 +65,9 @@ class CameraHistory:
         self._spooled = _count_lines(self._spool)  # transitions in the spool, not yet taken
         self._max_samples = max_samples
         self._max_transitions = max_transitions
+        # Whether a camera is still judged by this node when its decisions are written
+        # (several nodes): one handed over meanwhile is its new holder's to alert on.
+        self._judged = judged
         self._transitions: deque[cameras_q.Transition] = deque()
         self._decisions: list[tuple[Decision, Path | None]] = []
         self._attachments: deque[tuple[alerts_q.Alert, Path]] = deque()
@@ -215,7 +218,9 @@ class CameraHistory:
         if not self._decisions:
             return
         waiting = self._decisions[:]
-        changes = await self._alerts.raise_now([d for d, _ in waiting])
+        decisions = [d for d, _ in waiting
+                     if self._judged is None or self._judged(*_camera(d))]
+        changes = await self._alerts.raise_now(decisions) if decisions else []
         del self._decisions[:len(waiting)]
         snapshots = {_fingerprint(d): snapshot for d, snapshot in waiting}
         for change in changes:
@@ -323,6 +328,12 @@ class CameraHistory:
                     self._transitions.append(_transition_from_json(json.loads(line)))
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("unreadable line in %s skipped: %s", self._spool, exc)
+
+
+def _camera(d: Decision) -> tuple[str, str]:
+    """(site, camera) of a camera alert decision (fingerprint site/camera/kind)."""
+    site, camera, _ = _fingerprint(d).split("/", 2)
+    return site, camera
 
 
 def _fingerprint(d: Decision) -> str:

@@ -27,10 +27,12 @@ open alerts stay open: they resolve once it is judged again and the fault is gon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,14 +40,15 @@ from typing import Any
 
 from vigie.alerts import AlertService, Decision, Raise, Resolve
 from vigie.cameras._health import CameraHealth, HealthChange
-from vigie.cameras._history import CameraHistory
+from vigie.cameras._history import MAX_SAMPLES, MAX_TRANSITIONS, CameraHistory
 from vigie.cameras._stream import CameraSpec
 from vigie.cameras._worker import Sample
 from vigie.cameras._workers import WorkerPool
-from vigie.config import CameraChecks, CameraConfig, Config, SiteConfig
+from vigie.config import CAMERA_REASONS, CameraChecks, CameraConfig, Config, SiteConfig
 from vigie.metrics import Metrics
 from vigie.secrets import redact_url
 from vigie.store import Store
+from vigie.store import _alerts as alerts_q
 from vigie.store import _cameras as cameras_q
 from vigie.store._alerts import AlertOccurrence
 
@@ -112,31 +115,44 @@ class CameraSupervisor:
         self._pool = WorkerPool(min(n_workers, max(len(self.cameras), 1)), REPORT_EVERY,
                                 metrics, self._message)
         self._snapshots = config.node.data_dir / "snapshots"
-        self.history = CameraHistory(store, alerts, metrics, config.node.data_dir)
+        self.history = CameraHistory(store, alerts, metrics, config.node.data_dir,
+                                     judged=self._judges)
         self._tasks: asyncio.TaskGroup | None = None
+        self._started = False
+        # Several nodes: the cameras this node judges (None: every camera, a lone node), and
+        # those its workers read (judged, or warming up before a handover; see `assign`).
+        self._judging: set[str] | None = None
+        self._watched: set[str] = set()
         # Told of every change of a camera's state or reasons (the live feed):
         # (site, camera, state, reasons, at). Must not block.
         self.on_state: Callable[[str, str, str, frozenset[str], datetime], None] | None = None
 
     # lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, watch_all: bool = True) -> None:
+        """Start the workers and watch every camera; with `watch_all=False` (several nodes),
+        watch none until `assign` says which."""
         if not self.cameras:
             return
+        self._judging = None if watch_all else set()
         async with self._store.connection() as conn:
             references = await cameras_q.load_references(conn)
-            unresolved = await cameras_q.unresolved_alerts(conn)
-        for state in self.cameras.values():
-            # Alerts a previous run of the node left open: resolved when the camera is seen
-            # fine, as if the node had never stopped.
-            state.health.carry(frozenset(unresolved.get((state.site.id, state.camera.id),
-                                                         ())))
+            unresolved = (await alerts_q.open_camera_reasons(conn, list(self.cameras),
+                                                             CAMERA_REASONS)
+                          if watch_all else {})
         self._snapshots.mkdir(parents=True, exist_ok=True)
-        for i, state in enumerate(self.cameras.values()):
-            state.worker = i % len(self._pool)
-            self._export_state(state)
         for index in range(len(self._pool)):
             self._pool.spawn(index)
+        self._started = True
+        if not watch_all:
+            return
+        for i, state in enumerate(self.cameras.values()):
+            # Alerts a previous run of the node left open: resolved when the camera is seen
+            # fine, as if the node had never stopped.
+            self._resume(state, unresolved.get(state.key, ()))
+            state.worker = i % len(self._pool)
+            self._watched.add(state.key)
+            self._export_state(state)
         await asyncio.gather(*(self._give_cameras(index, references)
                                for index in range(len(self._pool))))
         self._metrics.cameras_watched.set(len(self.cameras))
@@ -167,7 +183,8 @@ class CameraSupervisor:
 
     async def _give_cameras(self, index: int,
                             references: dict[tuple[str, str], bytes]) -> None:
-        states = [s for s in self.cameras.values() if s.worker == index]
+        states = [s for s in self.cameras.values()
+                  if s.worker == index and s.key in self._watched]
         now = time.time()
         for s in states:
             s.watching_since = now
@@ -176,7 +193,8 @@ class CameraSupervisor:
     async def _restart(self, index: int) -> None:
         self._pool.restarting(index, True)
         try:
-            states = [s for s in self.cameras.values() if s.worker == index]
+            states = [s for s in self.cameras.values()
+                      if s.worker == index and s.key in self._watched]
             references = await self._references([(s.site.id, s.camera.id) for s in states])
             self._pool.spawn(index)
             await self._give_cameras(index, references)
@@ -230,7 +248,7 @@ class CameraSupervisor:
 
     def _observe(self, sample: Sample) -> None:
         state = self.cameras.get(sample.key)
-        if state is None:
+        if state is None or not self._watches(sample.key):
             return
         state.sample = sample
         gauges = self._gauges(state)
@@ -270,7 +288,8 @@ class CameraSupervisor:
         lag = self._lags()
         at: datetime | None = None
         for state in self.cameras.values():
-            if state.health.state == "offline" or not fresh[state.worker]:
+            if (state.health.state == "offline" or not fresh[state.worker]
+                    or not self._judges_key(state.key)):
                 continue
             if self._reasons(state, now, lag[state.worker]) == _OFFLINE:
                 at = at or self._clock()
@@ -284,6 +303,8 @@ class CameraSupervisor:
         lag = self._lags()
         stale = 0
         for state in self.cameras.values():
+            if not self._judges_key(state.key):
+                continue  # watched by another node, or only warming up here
             if not fresh[state.worker]:
                 stale += 1
                 self._unjudged(state, now, at)
@@ -415,7 +436,7 @@ class CameraSupervisor:
                 **({"error": s.error} if s.error else {})}
 
     def _snapshot_path(self, state: CameraState) -> Path:
-        return self._snapshots / state.site.id / f"{state.camera.id}.jpg"
+        return self.snapshot_path(state.site.id, state.camera.id)
 
     def _note_snapshot(self, state: CameraState) -> None:
         s = state.sample
@@ -430,6 +451,117 @@ class CameraSupervisor:
         self.history.snapshot((state.site.id, state.camera.id,
                                datetime.fromtimestamp(s.snapshot_at, UTC),
                                str(path.relative_to(self._config.node.data_dir)), size))
+
+    # several nodes -----------------------------------------------------------------------
+    # vigie.cluster decides which cameras this node holds (leases in PostgreSQL) and calls
+    # `assign`; a lone node never does, and judges every camera from `start`.
+
+    def _watches(self, key: str) -> bool:
+        return self._judging is None or key in self._watched
+
+    def _judges_key(self, key: str) -> bool:
+        return self._judging is None or key in self._judging
+
+    def _judges(self, site: str, camera: str) -> bool:
+        """Whether this node still judges a camera (its alert decisions are written)."""
+        return self._judges_key(f"{site}/{camera}")
+
+    def watching(self, key: str) -> bool:
+        """Whether this node watches the camera now (its frames are on this node's disk)."""
+        return key in self.cameras and self._started and self._watches(key)
+
+    def request_snapshot(self, key: str) -> bool:
+        """Have a camera's next analysed keyframe written as its snapshot (within about
+        `analyse_every`), whatever the snapshot period; False if it is not watched here."""
+        if not self.watching(key):
+            return False
+        self._pool.send(self.cameras[key].worker, "snapshot", key)
+        return True
+
+    def snapshot_path(self, site: str, camera: str) -> Path:
+        """Where a camera's latest snapshot is (replaced atomically by its worker)."""
+        return self._snapshots / site / f"{camera}.jpg"
+
+    def receiving(self, key: str) -> bool:
+        """Whether packets of this camera's stream arrive here (a handover may complete)."""
+        state = self.cameras.get(key)
+        return (state is not None and state.sample is not None
+                and state.sample.last_packet_at is not None and self._watches(key))
+
+    def backlog(self) -> int:
+        """History and alert writes waiting in memory."""
+        return sum(self.history.pending().values())
+
+    @property
+    def backlog_limit(self) -> int:
+        # Transitions beyond theirs wait on disk, samples beyond theirs are dropped.
+        return MAX_TRANSITIONS + MAX_SAMPLES
+
+    def assign(self, watch: AbstractSet[str], judge: AbstractSet[str], *,
+               references: Mapping[str, bytes] | None = None,
+               open_reasons: Mapping[str, Collection[str]] | None = None) -> None:
+        """Watch exactly the cameras `watch` (their streams read by the workers) and judge
+        `judge`, a subset (health, history and alerts; the others only warm up before a
+        handover). Unknown keys are ignored.
+
+        `references`: the learned references of cameras not watched yet, as their last
+        holder left them. `open_reasons`: the reasons with an unresolved alert of cameras
+        judged from now on, so that their health resumes there: those alerts resolve when
+        the camera recovers and are not raised again.
+        """
+        if self._judging is None or not self._started:
+            return
+        watch = {k for k in watch if k in self.cameras}
+        judge = {k for k in judge if k in watch}
+        now = time.time()
+        for key in self._watched - watch:
+            self._pool.send(self.cameras[key].worker, "remove", key)
+            self._watched.discard(key)
+        load = [0] * len(self._pool)
+        for key in self._watched:
+            load[self.cameras[key].worker] += 1
+        for key in watch - self._watched:
+            state = self.cameras[key]
+            state.worker = min(range(len(load)), key=load.__getitem__)
+            load[state.worker] += 1
+            self._watched.add(key)
+            state.watching_since = now
+            reference = (references or {}).get(key)
+            self._pool.send(state.worker, "add", self._spec(state, {} if reference is None else {
+                (state.site.id, state.camera.id): reference}))
+        for key in self._judging - judge:
+            self._forget(self.cameras[key])
+        for key in judge - self._judging:
+            self._resume(self.cameras[key], (open_reasons or {}).get(key, ()))
+            self._export_state(self.cameras[key])
+        self._judging = judge
+        self._metrics.cameras_watched.set(len(judge))
+
+    def _forget(self, state: CameraState) -> None:
+        """Another node judges this camera now: start from nothing if it comes back, and
+        leave its per-camera series to the node that holds it."""
+        state.health = CameraHealth(bad_samples=state.checks.bad_samples,
+                                    good_samples=state.checks.good_samples)
+        state.sample = None
+        state.judged_at = None
+        state.reconnects_counted = 0
+        state.gauges = {}
+        site, cam = state.site.id, state.camera.id
+        for gauge in (self._metrics.camera_up, self._metrics.camera_fps):
+            with contextlib.suppress(KeyError):
+                gauge.remove(site, cam)
+        for name in _STATES:
+            with contextlib.suppress(KeyError):
+                self._metrics.camera_state.remove(site, cam, name)
+
+    def _resume(self, state: CameraState, reasons: Collection[str]) -> None:
+        """Judge a camera afresh, carrying the alerts its last judge (this node's previous
+        run, or another node) left open: they resolve once the camera is seen without the
+        fault, and are not raised again if it is still there (see `CameraHealth.carry`)."""
+        state.health = CameraHealth(bad_samples=state.checks.bad_samples,
+                                    good_samples=state.checks.good_samples)
+        state.health.carry(frozenset(reasons))
+        state.judged_at = None
 
     # for the API --------------------------------------------------------------------------
 

@@ -110,6 +110,8 @@ class _Worker:
             self._drop(arg)
         elif kind == "relearn" and arg in self.watchers:
             self.watchers[arg].analyser.relearn()
+        elif kind == "snapshot" and arg in self.watchers:  # at the next analysed keyframe
+            self.watchers[arg].analyser.snapshot_wanted = True
         elif kind == "stop":
             self.done.set()
 

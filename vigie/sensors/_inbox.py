@@ -23,6 +23,7 @@ class Inbox(Generic[T]):
         self._items: deque[T] = deque()
         self._ready = asyncio.Event()
         self._closed = False
+        self.peak = 0  # the most items it ever held: the bound, measured
         # Called when a full inbox has room again (the reader resumes reading).
         self.on_room: Callable[[], None] = lambda: None
 
@@ -40,6 +41,8 @@ class Inbox(Generic[T]):
     def append(self, item: T) -> None:
         """Add an item; the reader checks `full` afterwards and pauses itself."""
         self._items.append(item)
+        if len(self._items) > self.peak:
+            self.peak = len(self._items)
         self._ready.set()
 
     def close(self) -> None:
@@ -47,14 +50,22 @@ class Inbox(Generic[T]):
         self._closed = True
         self._ready.set()
 
-    async def get_batch(self, max_items: int) -> list[T]:
-        """Wait for at least one item; take up to `max_items` without waiting more.
-        An empty list means closed and drained."""
+    async def get_batch(self, max_items: int, timeout: float | None = None) -> list[T] | None:
+        """Wait for at least one item (at most `timeout` seconds: then []); take up to
+        `max_items` without waiting more. None means closed and drained."""
         while not self._items:
             if self._closed:
-                return []
+                return None
             self._ready.clear()
-            await self._ready.wait()
+            if timeout is None:
+                await self._ready.wait()
+                continue
+            if timeout <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return [] if self._items or not self._closed else None
         was_full = self.full
         n = min(max_items, len(self._items))
         batch = [self._items.popleft() for _ in range(n)]

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import ssl
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +47,10 @@ _PUBACK = struct.Struct("!BBH")  # type, remaining length (2), packet id
 # the writer and the API run in between.
 _PACKETS_PER_READ = 256
 CONNECT_TIMEOUT = 5.0
+RECENTLY_ACKED = 4_000  # messages remembered after their ack (see `_same_as_before`)
+
+
+Body = list[SensorEvent] | DeviceStatus | DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,8 @@ class Received:
     mid: int
     qos: int
     body: list[SensorEvent] | DeviceStatus | DeadLetter
+    # The connection it came on: a packet id means something on that connection only.
+    connection: int = 0
 
 
 def _set_tls(client: paho.Client, config: MqttConfig) -> ssl.SSLContext:
@@ -82,6 +90,9 @@ class MqttSubscriber:
         self._clock = clock
         self._read_at = clock()  # when the current read began: the messages' received_at
         self._connected = asyncio.Event()
+        # Received, not yet acknowledged, by packet id: (topic, payload, decoded).
+        self._unacked: dict[int, tuple[str, bytes, Body]] = {}
+        self._acked: OrderedDict[int, tuple[str, bytes, Body]] = OrderedDict()
         self._accepted = asyncio.Event()  # CONNACK received on the current connection
         self._lost = asyncio.Event()
         self._sock: Any = None
@@ -111,6 +122,8 @@ class MqttSubscriber:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._unsubscribed = asyncio.Event()
         self._client.on_socket_open = self._on_socket_open
         self._client.on_socket_close = self._on_socket_close
         self._client.on_socket_register_write = self._on_register_write
@@ -202,15 +215,35 @@ class MqttSubscriber:
         self._held = True
         self._pause()
 
-    def stop(self) -> None:
+    async def stop(self, linger: float = 1.0) -> None:
         """Stop reading, send what is queued (acks) and a DISCONNECT (the session stays at
-        the broker), release the socket. `run` returns after that."""
+        the broker), release the socket. `run` returns after that.
+
+        paho closes its socket as soon as the DISCONNECT is written. With messages we no
+        longer read still in the socket's receive buffer, that close would be a reset, and
+        the broker could drop our last acknowledgements with the connection (then deliver
+        those messages again: a keyless event would be stored twice). So the connection is
+        kept open on a duplicate of the socket, half-closed, and drained until the broker
+        closes it (at most `linger` seconds).
+        """
         self._stopping = True
         self.pause()
-        if self._sock is not None:
+        sock = self._sock
+        if sock is None:
+            self._close_socket()
+            return
+        kept = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
             self._client.disconnect()
-            self._client.loop_write()  # the DISCONNECT, now: no loop turn will come for it
-        self._close_socket()
+            deadline = time.monotonic() + linger
+            self._client.loop_write()  # the acks, then the DISCONNECT (paho closes then)
+            while self._sock is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the send buffer was full: let it drain
+                self._client.loop_write()
+            self._close_socket()
+            await _drain_until_closed(kept, deadline)
+        finally:
+            kept.close()
 
     def ack_many(self, received: Sequence[Received]) -> None:
         """Acknowledge a batch of QoS 1 messages with one write.
@@ -219,13 +252,26 @@ class MqttSubscriber:
         costs more than the database write. A PUBACK is four bytes, so the batch goes out
         as one buffer of concatenated PUBACKs (paho only looks at the command of queued
         packets to spot QoS 0 PUBLISHes). QoS 2 messages, rare on sensors, take paho's path.
+
+        Messages received on an earlier connection are not acknowledged: the broker sends
+        them again on this one (persistent session), and their packet ids may by now name
+        other messages, not yet stored. The copy is stored once, by its dedup key.
         """
         if self._sock is None:
             return  # the broker redelivers them to the next session; stored once by key
-        blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in received if r.qos == 1)
+        current = [r for r in received if r.connection == self._connections]
+        for r in current:
+            # Kept a little longer: an ack written as the connection died may not have
+            # reached the broker, which then sends the message again.
+            if (entry := self._unacked.pop(r.mid, None)) is not None:
+                self._acked[r.mid] = entry
+                self._acked.move_to_end(r.mid)
+        while len(self._acked) > RECENTLY_ACKED:
+            self._acked.popitem(last=False)
+        blob = b"".join(_PUBACK.pack(0x40, 2, r.mid) for r in current if r.qos == 1)
         if blob:
             self._client._packet_queue(0x40, blob, 0, 1)
-        for r in received:
+        for r in current:
             if r.qos == 2:
                 self._client.ack(r.mid, 2)
 
@@ -286,7 +332,7 @@ class MqttSubscriber:
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
         qos = self._config.qos
-        topics: list[tuple[str, int]] = [(t, qos) for t in self._router.subscriptions()]
+        topics: list[tuple[str, int]] = [(t, qos) for t in self._filters()]
         client.subscribe(topics)
         log.info("connected to MQTT broker %s (session present: %s), %d subscriptions",
                  self.endpoint, getattr(flags, "session_present", "?"), len(topics))
@@ -294,6 +340,37 @@ class MqttSubscriber:
             # The broker kept our subscriptions: nothing published from now on is missed,
             # even before the SUBACK of the re-subscription arrives.
             self._mark_connected()
+        else:
+            self._unacked.clear()  # a new session: packet ids start afresh
+            self._acked.clear()
+
+    # several nodes (vigie.cluster) --------------------------------------------------------
+
+    def _filters(self) -> list[str]:
+        """What to subscribe to: with shared subscriptions, the nodes of a cluster split the
+        messages of each filter among them."""
+        group = self._config.shared_group
+        return [f"$share/{group}/{t}" if group else t for t in self._router.subscriptions()]
+
+    async def leave_shared_group(self, timeout: float) -> bool:
+        """Unsubscribe, and keep reading until the broker confirms (what it sent before
+        is read, stored and acknowledged by the shutdown that follows). For a node leaving
+        a shared group: the broker would otherwise keep queueing this node's share in its
+        session (Mosquitto does), which a node scaled down never resumes. False if the
+        broker did not confirm in time."""
+        if self._sock is None or not self._config.shared_group:
+            return False
+        self._unsubscribed.clear()
+        self._client.unsubscribe(self._filters())
+        try:
+            await asyncio.wait_for(self._unsubscribed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int,
+                        reasons: list[ReasonCode], properties: Any) -> None:
+        self._unsubscribed.set()
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
@@ -318,6 +395,20 @@ class MqttSubscriber:
             log.warning("disconnected from MQTT broker %s: %s; reconnecting",
                         self.endpoint, reason)
 
+    def _same_as_before(self, msg: paho.MQTTMessage, topic: str, body: Body) -> Body:
+        """A message the broker sends again (DUP, same packet id: its session resumed) that
+        we received on an earlier connection and did not acknowledge there gets the same
+        decoding, so the same dedup keys: a keyless event is not stored a second time.
+        Remembered until acknowledged."""
+        payload = _payload(msg)
+        before = None
+        if msg.dup:
+            before = self._unacked.get(msg.mid) or self._acked.get(msg.mid)
+        if before is not None and before[0] == topic and before[1] == payload:
+            body = before[2]
+        self._unacked[msg.mid] = (topic, payload, body)
+        return body
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._received += 1  # counted into the metric once per read, not once per message
         received_at = self._read_at
@@ -335,6 +426,26 @@ class MqttSubscriber:
             log.exception("decoder failed on a message from %s", topic)
             body = DeadLetter(received_at, topic, "internal", type(exc).__name__,
                               bytes(msg.payload))
-        self._inbox.append(Received(msg.mid, msg.qos, body))
+        if msg.qos:
+            body = self._same_as_before(msg, topic, body)
+        self._inbox.append(Received(msg.mid, msg.qos, body, self._connections))
         if self._inbox.full:
             self._pause()  # the writer resumes us when it has made room
+
+
+def _payload(msg: paho.MQTTMessage) -> bytes:
+    return msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+
+
+async def _drain_until_closed(sock: socket.socket, deadline: float) -> None:
+    """Half-close, then read and drop whatever comes until the peer closes (or time is up),
+    so that closing the socket sends a FIN after our data, not a reset."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            if not await asyncio.wait_for(loop.sock_recv(sock, 65_536), left):
+                return
+    except (OSError, TimeoutError):
+        return

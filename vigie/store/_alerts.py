@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,6 +120,7 @@ class Alert:
     silenced: bool
     snapshots: list[Any]
     event_id: int | None
+    related: list[uuid.UUID]  # alerts linked by correlation
     next_escalation_at: datetime | None
     escalated_at: datetime | None
     assigned_to: str | None
@@ -144,6 +145,7 @@ class Alert:
             "resolved_by": self.resolved_by, "resolved_at": iso(self.resolved_at),
             "escalation_level": self.escalation_level, "silenced": self.silenced,
             "snapshots": self.snapshots, "event_id": self.event_id,
+            "related": [str(r) for r in self.related],
             "next_escalation_at": iso(self.next_escalation_at),
             "escalated_at": iso(self.escalated_at), "assigned_to": self.assigned_to,
             "assigned_at": iso(self.assigned_at), "resolution": self.resolution,
@@ -151,6 +153,8 @@ class Alert:
 
 
 _COLUMNS = ", ".join(Alert.__slots__)
+COLUMNS = _COLUMNS  # for the statements of other modules that return alerts
+UNRESOLVED = f"SELECT {_COLUMNS} FROM alerts WHERE state <> 'resolved'"
 
 
 def silence_matches(alert: str, at: str) -> str:
@@ -492,3 +496,23 @@ async def open_counts(conn: Any) -> dict[tuple[str, str], int]:
         "GROUP BY site, severity"
     )
     return {(r["site"], r["severity"]): r["n"] for r in rows}
+
+
+_OPEN_CAMERA_ALERTS = """
+SELECT site || '/' || source AS camera, kind FROM alerts
+WHERE source_type = 'camera' AND state <> 'resolved'
+  AND site || '/' || source = ANY($1::text[])
+"""
+
+
+async def open_camera_reasons(conn: Any, cameras: Collection[str],
+                              reasons: Collection[str]) -> dict[str, set[str]]:
+    """Unresolved camera health alerts by camera key (site/camera): the health a node that
+    starts judging a camera resumes from."""
+    found: dict[str, set[str]] = {}
+    if not cameras:
+        return found
+    for r in await conn.fetch(_OPEN_CAMERA_ALERTS, list(cameras)):
+        if r["kind"] in reasons:
+            found.setdefault(r["camera"], set()).add(r["kind"])
+    return found

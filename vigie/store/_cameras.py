@@ -18,7 +18,6 @@ __all__ = [
     "record_latest_snapshots",
     "save_reference",
     "transitions",
-    "unresolved_alerts",
 ]
 
 
@@ -114,16 +113,6 @@ async def load_references(conn: Any, cameras: Sequence[tuple[str, str]] | None =
                  ON r.site = c.site AND r.camera = c.camera""",
             [site for site, _ in cameras], [camera for _, camera in cameras])
     return {(r["site"], r["camera"]): bytes(r["data"]) for r in rows}
-
-
-async def unresolved_alerts(conn: Any) -> dict[tuple[str, str], set[str]]:
-    """The kinds of each camera's unresolved alerts, by (site, camera)."""
-    rows = await conn.fetch("SELECT site, source, kind FROM alerts "
-                            "WHERE source_type = 'camera' AND state <> 'resolved'")
-    found: dict[tuple[str, str], set[str]] = {}
-    for r in rows:
-        found.setdefault((r["site"], r["source"]), set()).add(r["kind"])
-    return found
 
 
 async def save_reference(conn: Any, site: str, camera: str, at: datetime,

@@ -1,9 +1,18 @@
-"""The connection pool, and the translation of driver errors into vigie's own."""
+"""The connection pool, and the translation of driver errors into vigie's own.
+
+When a new connection cannot be made, the database is marked away: for a short while every
+caller fails at once with StoreUnavailable (an API request answers 503 now, not after a
+connect timeout; a writer spools at once), then the next caller tries again. The wait grows
+(with jitter: the nodes of a cluster must not come back all together) while it stays away.
+A connection that dies mid-query is not enough to mark it away: the pool reconnects.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +37,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # The protocol confused by a server going away mid-query (PostgreSQL stopped under load).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -42,11 +53,44 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+RETRY_MIN, RETRY_MAX = 0.25, 5.0  # seconds between attempts while the database is away
+
+
 class Store:
     """PostgreSQL access for one node: a pool, and the transaction helper."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.unavailable = ""  # why the database is away; empty while it answers
+        self.unavailable_since: float | None = None  # time.monotonic()
+        self._retry_at = 0.0
+        self._delay = RETRY_MIN
+
+    @property
+    def available(self) -> bool:
+        return not self.unavailable
+
+    def mark_away(self, reason: str) -> None:
+        """The database did not answer in time (a ping): fail fast until the next try."""
+        self._away(reason)
+
+    def _away(self, reason: str) -> None:
+        now = time.monotonic()
+        if not self.unavailable:
+            log.warning("database unreachable: %s", reason)
+            self.unavailable_since = now
+            self._delay = RETRY_MIN
+        else:
+            self._delay = min(self._delay * 2, RETRY_MAX)
+        self.unavailable = reason
+        self._retry_at = now + self._delay * random.uniform(0.5, 1.5)
+
+    def _back(self) -> None:
+        if self.unavailable:
+            since = self.unavailable_since or time.monotonic()
+            log.info("database reachable again after %.1fs", time.monotonic() - since)
+        self.unavailable = ""
+        self.unavailable_since = None
 
     @classmethod
     async def open(cls, dsn: str, size: int = 10, timeout: float = 5.0) -> Store:
@@ -65,8 +109,13 @@ class Store:
             raise StoreError(f"PostgreSQL refused the connection: {reason}") from None
         return cls(pool)
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = 1.0) -> None:
+        """Close the pool; connections still busy after `timeout` are cut (shutdown budget)."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        except TimeoutError:
+            log.warning("database connections still busy after %.1fs: closed", timeout)
+            self.pool.terminate()
 
     async def migrate(self, on_progress: MigrationProgress | None = None) -> int:
         """Apply missing migrations; return how many were applied."""
@@ -77,18 +126,45 @@ class Store:
         async with self.connection() as conn:
             await conn.fetchval("SELECT 1")
 
+    async def probe(self) -> None:
+        """Try the database now, even while it is marked away (the reconnect loop)."""
+        self._retry_at = 0.0
+        await self.ping()
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """A pooled connection; driver errors leave as StoreError/StoreUnavailable."""
+        if self.unavailable and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(f"database unavailable: {self.unavailable}")
         try:
-            async with self.pool.acquire() as conn:
-                yield conn
+            conn = await self.pool.acquire()
+        except _UNAVAILABLE as exc:
+            self._away(redact_text(str(exc)) or type(exc).__name__)
+            raise StoreUnavailable(f"database unavailable: {self.unavailable}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"database error: {redact_text(str(exc))}") from exc
+        self._back()
+        try:
+            yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"database unavailable: {redact_text(str(exc))}") from exc
         except asyncpg.PostgresError as exc:
             raise StoreError(f"database error: {redact_text(str(exc))}") from exc
+        finally:
+            await _release(self.pool, conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
         async with self.connection() as conn, conn.transaction():
             yield conn
+
+
+async def _release(pool: asyncpg.Pool, conn: Any) -> None:
+    """Back to the pool; a connection that died is closed there, and the release of a
+    connection whose server is gone must not replace the caller's own error."""
+    try:
+        await pool.release(conn)
+    except _UNAVAILABLE as exc:
+        # A server shutting down can leave the protocol mid-operation: asyncpg then
+        # refuses the reset (InternalClientError). The connection is dropped either way.
+        log.debug("releasing a dead connection: %r", exc)

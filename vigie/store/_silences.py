@@ -180,6 +180,8 @@ _UNSILENCE = f"""
 WITH due AS (
     SELECT id FROM alerts a
     WHERE a.silenced AND a.state <> 'resolved' AND NOT {silence_matches("a", "$1")}
+      -- silenced as part of a site-level alert (vigie/alerts/_storms.py): released by it
+      AND NOT a.details ? 'grouped_by'
     FOR UPDATE OF a SKIP LOCKED)
 UPDATE alerts a SET silenced = false, escalations_left = a.escalate_max,
     next_escalation_at = CASE WHEN a.state = 'open' AND a.escalate_after IS NOT NULL

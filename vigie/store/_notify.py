@@ -1,0 +1,104 @@
+"""Notifiers' progress through the feed, their dead letters, and the alerts they re-send.
+
+These run on the connection that holds the notifier's advisory lock: a node that lost it
+(its connection gone) cannot move the cursor any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "FeedRow",
+    "active_alerts",
+    "add_dead_letter",
+    "alerts_by_id",
+    "dead_letters",
+    "feed_after",
+    "save_cursor",
+    "start_cursor",
+    "trimmed_through",
+]
+
+FeedRow = Any  # an asyncpg Record: seq, type, at, site, payload (JSON text)
+
+_ALERT_DOC = "row_to_json(a)::text AS doc"
+
+
+async def start_cursor(conn: Any, notifier: str) -> int:
+    """The notifier's cursor; a new notifier starts at the current end of the feed (it is
+    not sent the history from before it was configured)."""
+    await conn.execute(
+        """INSERT INTO notify_cursors (notifier, seq)
+           SELECT $1, greatest(trimmed_through, (SELECT coalesce(max(seq), 0) FROM feed))
+           FROM feed_horizon
+           ON CONFLICT (notifier) DO NOTHING""", notifier)
+    return int(await conn.fetchval(
+        "SELECT seq FROM notify_cursors WHERE notifier = $1", notifier))
+
+
+async def save_cursor(conn: Any, notifier: str, seq: int) -> None:
+    await conn.execute(
+        "UPDATE notify_cursors SET seq = $2, updated_at = now() WHERE notifier = $1",
+        notifier, seq)
+
+
+async def trimmed_through(conn: Any) -> int:
+    return int(await conn.fetchval("SELECT trimmed_through FROM feed_horizon"))
+
+
+async def feed_after(conn: Any, seq: int, limit: int) -> tuple[list[FeedRow], int]:
+    """Up to `limit` alert changes after `seq`, in order, and the newest seq of the feed
+    seen in the same snapshot: with fewer than `limit` rows, everything up to it was read
+    (seq order is commit order), camera changes included."""
+    result = await conn.fetch(
+        """WITH head AS (SELECT coalesce(max(seq), 0) AS head FROM feed)
+           SELECT f.seq, f.type, f.at, f.site, f.payload, head.head FROM head
+           LEFT JOIN LATERAL (
+               SELECT seq, type, at, site, payload::text AS payload FROM feed
+               WHERE seq > $1 AND type LIKE 'alert.%' ORDER BY seq LIMIT $2) f ON true
+           ORDER BY f.seq""", seq, limit)
+    return [r for r in result if r["seq"] is not None], int(result[0]["head"])
+
+
+async def add_dead_letter(conn: Any, notifier: str, seq: int, type_: str,
+                          alert_id: str | None, site: str, attempts: int, error: str,
+                          payload: Any) -> None:
+    await conn.execute(
+        """INSERT INTO notify_dead_letters
+               (notifier, seq, type, alert_id, site, attempts, error, payload)
+           VALUES ($1, $2, $3, $4::uuid, $5, $6, $7, $8::jsonb)""",
+        notifier, seq, type_, alert_id, site, attempts, error,
+        orjson.dumps(payload).decode())
+
+
+async def dead_letters(conn: Any, notifier: str | None = None, limit: int = 100
+                       ) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT id, notifier, seq, type, alert_id, site, attempts, error,
+                  payload::text AS payload, failed_at
+           FROM notify_dead_letters WHERE $1::text IS NULL OR notifier = $1
+           ORDER BY id DESC LIMIT $2""", notifier, limit)
+    return [{**dict(r), "payload": orjson.loads(r["payload"])} for r in rows]
+
+
+async def active_alerts(conn: Any, sites: Sequence[str] | None, severities: Sequence[str]
+                        ) -> list[dict[str, Any]]:
+    """Unresolved alerts of these sites (None: all) and severities, as JSON (the caller
+    reads `silenced` from it, like from the feed)."""
+    rows = await conn.fetch(
+        f"""SELECT {_ALERT_DOC} FROM alerts a
+            WHERE state <> 'resolved' AND severity = ANY($2::text[])
+              AND ($1::text[] IS NULL OR site = ANY($1::text[]))
+            ORDER BY opened_at""",
+        list(sites) if sites is not None else None, list(severities))
+    return [orjson.loads(r["doc"]) for r in rows]
+
+
+async def alerts_by_id(conn: Any, ids: Sequence[str]) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {_ALERT_DOC} FROM alerts a WHERE id = ANY($1::uuid[])", list(ids))
+    return [orjson.loads(r["doc"]) for r in rows]
