@@ -70,8 +70,7 @@ class AlertmanagerChannel:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._filter = AlertFilter(frozenset(config.severities),
-                                   frozenset(config.sites) if config.sites else None)
+        self._filter = AlertFilter.of(config)
         # The labels each alert was last posted with as firing, by alert id. When they
         # change (escalation, graver severity) or the alert stops being ours (silenced),
         # the old ones are ended at once instead of after Alertmanager's resolve_timeout.

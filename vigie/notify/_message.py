@@ -61,6 +61,12 @@ class AlertFilter:
     severities: frozenset[str]
     sites: frozenset[str] | None  # None: every site
 
+    @classmethod
+    def of(cls, config: Any) -> AlertFilter:
+        """From a notifier's `severities` and `sites` (empty: every site)."""
+        return cls(frozenset(config.severities),
+                   frozenset(config.sites) if config.sites else None)
+
     def matches(self, alert: Mapping[str, Any]) -> bool:
         # `silenced` read defensively: an alert written before the column existed has none.
         return (not alert.get("silenced", False)

@@ -42,8 +42,7 @@ class WebhookChannel:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._filter = AlertFilter(frozenset(config.severities),
-                                   frozenset(config.sites) if config.sites else None)
+        self._filter = AlertFilter.of(config)
         self._actions = frozenset(config.actions)
 
     def wants(self, n: Notification) -> bool:
