@@ -1,38 +1,50 @@
 """Camera watching at scale: vigie's CPU and memory per camera against `ffmpeg -skip_frame
 nokey` on the same RTSP streams, with staleness and offline detection under that load.
 
-    .venv/bin/python tests/bench/cameras.py --streams 200 [--streams 100 --streams 300]
-                                            [--workers 2 --workers 4] [--window 30]
-                                            [--warmup 35] [--soak 0]
+    .venv/bin/python tests/bench/cameras.py [--cameras 100] [--cameras 200 --cameras 300]
+                                            [--base-cameras 50] [--workers 2 --workers 4]
+                                            [--window 30] [--warmup 35] [--soak 0]
+                                            [--no-ffmpeg]
 
 The RTSP test server (tests/cameras/rtsp_server.py, GStreamer under the system python3)
 serves N clip mounts, one media per client, no encoder: the cached test clip (640×360,
 10 fps, a keyframe every 10 frames), long enough for the longest connection of the run.
 
-Per stream count N, measured in the same run, one after the other on the same mounts:
+Per camera count N (and per worker count, vigie's default for N unless `--workers`):
 
-ffmpeg   N `ffmpeg -skip_frame nokey -rtsp_transport tcp -i URL -f null -` processes,
-         ramped up 25 a second; after the warm-up, their CPU (utime + stime from
-         /proc/<pid>/stat, summed) over the window: the baseline.
-vigie    per worker count: a node in a process of its own (`running_node`, no MQTT) with
-         N cameras, all checks on with their defaults but `learn_for` (10 s, so the
-         reference is learned and the blurred/moved checks run during the window). After
-         every camera is `ok` and has learned its reference, over the window: the CPU of the
-         node and its worker processes; their RSS and PSS minus an idle node's (a node with
-         no camera, measured first); how old the sample each camera was judged from was
-         (the node's judging loop is instrumented in the node process: sample age and packet
-         age at every judgement, event-loop lag); then `last_frame_at` ages through the API;
-         then offline detection: 5 mounts stopped, the time until the API shows each camera
-         offline (contract: `offline_after` + 1 s), and the time until they are `ok` again
-         once restarted.
+base     a node (in a process of its own, `running_node`, no MQTT) with N/2 cameras
+         (`--base-cameras`), settled as below; its memory: the base of the slope.
+vigie    a node with N cameras, all checks on with their defaults but `learn_for` (10 s, so
+         the reference is learned and the blurred/moved checks run in the windows). Once
+         every camera is `ok` with its reference learned, and the warm-up is over:
+  alone  vigie alone (with the RTSP server): over the window, the CPU time (utime + stime
+         from /proc/<pid>/stat) of the node and its workers; their memory sampled every
+         second (median); how old the sample each camera was judged from was (the node's
+         judging loop is instrumented in the node process: sample and packet age at every
+         judgement, event-loop lag).
+  shared N `ffmpeg -skip_frame nokey -rtsp_transport tcp -i URL -f null -` clients on the
+         same mounts, ramped up 25 a second; after their warm-up, one window over which the
+         CPU times of vigie's processes and of the ffmpeg processes are both taken: the
+         vigie/ffmpeg ratio. Both meet the same machine in the same seconds (on 2 cores the
+         RTSP server, vigie and ffmpeg compete, and other people's load comes and goes), so
+         the ratio does not depend on when each was measured. The clients are then stopped.
+  then   `last_frame_at` ages through the API; offline detection: 5 mounts stopped, the time
+         until the API shows each camera offline (contract: `offline_after` + 1 s), and until
+         they are `ok` again once restarted.
 
-Printed per run: the machine's busy share of its cores during the window (on 2 cores, the
-RTSP server, vigie and ffmpeg compete: a busy machine makes every figure an upper bound),
-the RTSP server's own CPU; at the end, a summary table with vigie/ffmpeg ratios (targets:
-≤ 1.2× ffmpeg at 200 streams, ≤ 2 MB per camera, sample age ≤ 2 s, offline ≤ 6 s) and
-whether the RTSP server is alive. `--soak S` keeps the last vigie run going S more seconds
-and measures a second window: per-camera state that grows with time shows there.
-The databases (one per node, on $VIGIE_TEST_PG or 127.0.0.1:5432) are dropped at the end.
+Memory per camera is the slope: (memory of the node at N − at the base count) / (N − base),
+summed over the node's processes (main, workers, multiprocessing's tracker). PSS is the
+figure held against the target: RSS counts the shared libraries (FFmpeg, OpenCV, numpy:
+tens of MB) once per worker, so a worker count that grows with the camera count would
+charge them to the cameras; USS (private pages only) is printed as the floor.
+
+Printed: every figure per run (machine busy share and load average included: a busy machine
+makes every figure an upper bound), and a summary table with the vigie/ffmpeg ratios and
+the slopes (targets: ≤ 1.2× ffmpeg at 200 cameras, ≤ 2 MB per camera, sample age ≤ 2 s at
+300, offline ≤ 6 s), and whether the RTSP server is alive. `--soak S` keeps the last vigie
+run going S more seconds and measures a second window: per-camera state that grows with
+time shows there. The databases (one per node, on $VIGIE_TEST_PG or 127.0.0.1:5432) are
+dropped at the end.
 """
 
 from __future__ import annotations
@@ -41,13 +53,13 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +88,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
 
 
-def memory_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in kB from smaps_rollup; PSS shares the libraries' pages between
-    processes, which summing RSS counts once per process."""
-    rss = pss = 0
+def memory_kb(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, USS) in kB from smaps_rollup. RSS counts the pages of shared libraries once
+    per process that maps them; PSS splits them between those processes; USS (private pages:
+    heaps, arenas, stacks) leaves them out."""
+    rss = pss = uss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -87,9 +100,20 @@ def memory_kb(pid: int) -> tuple[int, int]:
                     rss = int(line.split()[1])
                 elif line.startswith("Pss:"):
                     pss = int(line.split()[1])
+                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    uss += int(line.split()[1])
     except OSError:
         pass
-    return rss, pss
+    return rss, pss, uss
+
+
+def memory_of(pids: list[int]) -> tuple[int, int, int]:
+    """(RSS, PSS, USS) in kB summed over processes."""
+    total = [0, 0, 0]
+    for pid in pids:
+        for i, value in enumerate(memory_kb(pid)):
+            total[i] += value
+    return total[0], total[1], total[2]
 
 
 def descendants(pid: int) -> list[int]:
@@ -317,29 +341,65 @@ class NodeProcess:
 
 # --- the benchmark ----------------------------------------------------------------------------
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@dataclass
+class Memory:
+    """Memory of the node's processes (kB, summed), sampled every second over a window: the
+    median of the samples, since each worker gives its free pages back every few seconds."""
+
+    rss: float = 0.0
+    pss: float = 0.0
+    uss: float = 0.0
+
+    @classmethod
+    def median(cls, samples: list[tuple[int, int, int]]) -> Memory:
+        if not samples:
+            return cls()
+        return cls(*(statistics.median(s[i] for s in samples) for i in range(3)))
+
+    def minus(self, other: Memory) -> Memory:
+        return Memory(self.rss - other.rss, self.pss - other.pss, self.uss - other.uss)
+
+    def per(self, n: float) -> str:
+        """MB per camera, all three."""
+        return (f"RSS {self.rss / 1024 / n:.2f} / PSS {self.pss / 1024 / n:.2f} / "
+                f"USS {self.uss / 1024 / n:.2f} MB")
+
+
 @dataclass
 class Run:
-    """The figures of one measured run (vigie with a worker count, or ffmpeg)."""
+    """The figures of one node with N cameras, and of N ffmpeg clients in the shared window."""
 
-    streams: int
-    who: str
-    cores: float = 0.0
-    rss_mb: float = 0.0
-    pss_mb: float = 0.0
+    cameras: int
+    workers: int = 0  # camera worker processes the node ran
+    vigie_alone: float = 0.0  # cores, vigie alone on the machine (with the RTSP server)
+    vigie_shared: float = 0.0  # cores, in the window it shared with the ffmpeg clients
+    ffmpeg_shared: float = 0.0  # cores, the N ffmpeg clients in that window
+    ffmpeg_dead: int = 0
+    memory: Memory = field(default_factory=Memory)
+    base_cameras: int = 0
+    base_memory: Memory | None = None  # a node with `base_cameras`, for the slope
     server_cores: float = 0.0
-    machine_busy: float = 0.0
+    busy_alone: float = 0.0
+    busy_shared: float = 0.0
+    load: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def cpu_per_stream(self) -> float:
-        return self.cores / self.streams
+    def ratio(self) -> float:
+        return self.vigie_shared / self.ffmpeg_shared if self.ffmpeg_shared else float("nan")
 
     @property
-    def others(self) -> float:
-        """Cores used by neither the measured processes nor the RTSP server (this script,
-        PostgreSQL, anything else on the machine): the noise on the figures."""
-        return max(0.0, self.machine_busy * (os.cpu_count() or 1) - self.cores
-                   - self.server_cores)
+    def slope(self) -> Memory | None:
+        """Memory per added camera, from the base node to this one."""
+        if self.base_memory is None or self.cameras <= self.base_cameras:
+            return None
+        d = self.memory.minus(self.base_memory)
+        n = self.cameras - self.base_cameras
+        return Memory(d.rss / n, d.pss / n, d.uss / n)
 
 
 def node_config(dsn: str, urls: list[str], workers: int | None, data_dir: Path
@@ -386,15 +446,103 @@ async def wait_states(http: Any, predicate: Any, timeout: float) -> tuple[bool, 
     return False, time.monotonic() - started, items
 
 
-async def measure_vigie(server: Any, urls: list[str], mounts: list[str], workers: int,
-                        args: argparse.Namespace, idle: tuple[int, int], workdir: Path,
+class FfmpegClients:
+    """N `ffmpeg -skip_frame nokey` clients, the baseline: what reading and decoding the
+    keyframes of the same streams costs FFmpeg alone (its own decoder defaults included)."""
+
+    def __init__(self, urls: list[str], workdir: Path) -> None:
+        self.log = open(workdir / "ffmpeg.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for url in urls:
+            self.procs.append(subprocess.Popen(
+                ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+                 "-skip_frame", "nokey", "-rtsp_transport", "tcp", "-i", url, "-f", "null",
+                 "-"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log))
+            time.sleep(1 / RAMP_PER_SECOND)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def dead(self) -> int:
+        return sum(p.poll() is not None for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.log.close()
+
+
+async def _sample_memory(pids: Any, seconds: float) -> Memory:
+    """Memory of the node's processes, sampled every second for `seconds`."""
+    samples = []
+    deadline = time.monotonic() + seconds
+    while True:
+        samples.append(memory_of(pids()))
+        if time.monotonic() >= deadline:
+            return Memory.median(samples)
+        await asyncio.sleep(1)
+
+
+async def _settled(node: NodeProcess, http: Any, n: int, started: float, warmup: float
+                   ) -> dict[str, Any]:
+    """Every camera ok and its reference learned, then the rest of the warm-up."""
+    ok, took, items = await wait_states(
+        http, lambda xs: all(x["state"] == "ok" for x in xs), timeout=120)
+    late = Counter((x["state"], x["error"]) for x in items if x["state"] != "ok")
+    deadline = time.monotonic() + 90
+    refs = node.ask("refs")["refs"]
+    while time.monotonic() < deadline and refs < n:
+        await asyncio.sleep(1)
+        refs = node.ask("refs")["refs"]
+    rest = warmup - (time.monotonic() - started)
+    if rest > 0:
+        await asyncio.sleep(rest)
+    print(f"    all {n} cameras ok: {ok} after {took:.1f} s"
+          + ("" if ok else f" (not ok: {late.most_common(3)})")
+          + f"; references learned: {refs}/{n}")
+    return {"all_ok_after": took if ok else None, "refs": refs}
+
+
+async def measure_base(server: Any, urls: list[str], workers: int | None,
+                       args: argparse.Namespace, workdir: Path) -> Memory:
+    """Memory of a node with fewer cameras, settled like the measured one: the slope's base."""
+    import aiohttp
+
+    from tests.pg import temporary_database
+
+    n = len(urls)
+    async with temporary_database("vigie_bench") as dsn:
+        data_dir = Path(tempfile.mkdtemp(prefix="base-", dir=workdir))
+        node = NodeProcess(node_config(dsn, urls, workers, data_dir), workdir)
+        started = time.monotonic()
+        try:
+            headers = {"Authorization": f"Bearer {node.token}"}
+            async with aiohttp.ClientSession(node.api, headers=headers) as http:
+                await _settled(node, http, n, started, args.warmup)
+                memory = await _sample_memory(node.pids, args.memory_window)
+                print(f"    {len(node.pids()) - 2} camera workers; memory "
+                      f"RSS {memory.rss / 1024:.0f} / PSS {memory.pss / 1024:.0f} / "
+                      f"USS {memory.uss / 1024:.0f} MB (node and workers)")
+        finally:
+            node.stop()
+    return memory
+
+
+async def measure_vigie(server: Any, urls: list[str], mounts: list[str], workers: int | None,
+                        args: argparse.Namespace, idle: Memory, workdir: Path,
                         soak: float) -> Run:
     import aiohttp
 
     from tests.pg import temporary_database
 
     n = len(urls)
-    run = Run(n, f"vigie {workers}w")
+    run = Run(n)
     async with temporary_database("vigie_bench") as dsn:
         data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=workdir))
         node = NodeProcess(node_config(dsn, urls, workers, data_dir), workdir)
@@ -402,30 +550,20 @@ async def measure_vigie(server: Any, urls: list[str], mounts: list[str], workers
         try:
             headers = {"Authorization": f"Bearer {node.token}"}
             async with aiohttp.ClientSession(node.api, headers=headers) as http:
-                ok, took, items = await wait_states(
-                    http, lambda xs: all(x["state"] == "ok" for x in xs), timeout=120)
-                late = Counter((x["state"], x["error"]) for x in items if x["state"] != "ok")
-                print(f"    all {n} cameras ok: {ok} after {took:.1f} s"
-                      + ("" if ok else f" (not ok: {late.most_common(3)})"))
-                run.extra["all_ok_after"] = took if ok else None
-                deadline = time.monotonic() + 90
-                while time.monotonic() < deadline:
-                    if node.ask("refs")["refs"] >= n:
-                        break
-                    await asyncio.sleep(1)
-                refs = node.ask("refs")["refs"]
-                rest = args.warmup - (time.monotonic() - started)
-                if rest > 0:
-                    await asyncio.sleep(rest)
-                print(f"    references learned: {refs}/{n}; window of {args.window:.0f} s")
-                await _window(node, run, args.window, server, idle, dsn)
+                run.extra.update(await _settled(node, http, n, started, args.warmup))
+                run.workers = len(node.pids()) - 2  # but the node and multiprocessing's tracker
+                print(f"    {run.workers} camera workers; vigie alone, window of "
+                      f"{args.window:.0f} s (load average {loadavg()})")
+                await _alone(node, run, args.window, server, idle, dsn)
+                if not args.no_ffmpeg:
+                    await _shared(node, run, urls, args, server, workdir)
                 await _api_ages(http, run)
                 await _offline(http, server, mounts, run)
                 if soak:
                     print(f"    soak: {soak:.0f} s more, then a second window")
                     await asyncio.sleep(soak)
-                    again = Run(n, f"vigie {workers}w soak")
-                    await _window(node, again, args.window, server, idle, dsn)
+                    again = Run(n, run.workers)
+                    await _alone(node, again, args.window, server, idle, dsn)
                     run.extra["soak"] = again
         finally:
             node.stop()
@@ -447,36 +585,36 @@ async def _pg_backends(dsn: str) -> list[int]:
     return [r["pid"] for r in rows]
 
 
-async def _window(node: NodeProcess, run: Run, window: float, server: Any,
-                  idle: tuple[int, int], dsn: str) -> None:
+async def _alone(node: NodeProcess, run: Run, window: float, server: Any, idle: Memory,
+                 dsn: str) -> None:
+    """vigie alone: its CPU, its memory, how old the samples its cameras were judged from."""
     node.ask("stats")  # resets the judging probe
     pids = node.pids()
     cpu = CpuWindow(pids)
     pg = CpuWindow(await _pg_backends(dsn))
     server_cpu0 = server.status()["cpu_seconds"]
-    await asyncio.sleep(window)
-    run.cores, elapsed, run.machine_busy = cpu.stop()
-    run.extra["pg_cores"] = pg.stop()[0]
+    run.memory = await _sample_memory(node.pids, window)
+    run.vigie_alone, elapsed, run.busy_alone = cpu.stop()
+    run.load = loadavg()
+    pg_cores = pg.stop()[0]
     run.server_cores = (server.status()["cpu_seconds"] - server_cpu0) / elapsed
     judged = node.ask("stats")
-    rss = pss = 0
-    for pid in node.pids():
-        r, p = memory_kb(pid)
-        rss, pss = rss + r, pss + p
-    node_rss, node_pss = memory_kb(node.pid)
-    run.rss_mb, run.pss_mb = (rss - idle[0]) / 1024, (pss - idle[1]) / 1024
-    run.extra.update(judged=judged, processes=len(pids), node_rss_mb=node_rss / 1024,
-                     node_pss_mb=node_pss / 1024)
+    node_mem = memory_kb(node.pid)
+    above = run.memory.minus(idle)
+    run.extra.update(judged=judged, processes=len(pids), pg_cores=pg_cores,
+                     node_rss_mb=node_mem[0] / 1024, above_idle=above)
+    others = max(0.0, run.busy_alone * (os.cpu_count() or 1) - run.vigie_alone
+                 - run.server_cores - pg_cores)
     sa, pa = judged["sample_age"], judged["packet_age"]
-    print(f"    vigie CPU {run.cores * 100:6.1f} % of a core = "
-          f"{run.cpu_per_stream * 100:.3f} % per camera ({len(pids)} processes); "
-          f"RTSP server {run.server_cores * 100:.1f} %; PostgreSQL for the node "
-          f"{run.extra['pg_cores'] * 100:.1f} %; machine busy {run.machine_busy * 100:.0f} % "
-          f"({run.others * 100:.0f} % of a core by others, PostgreSQL included)")
-    print(f"    memory above an idle node: RSS {run.rss_mb:.0f} MB "
-          f"({run.rss_mb / run.streams:.2f} MB/camera), PSS {run.pss_mb:.0f} MB "
-          f"({run.pss_mb / run.streams:.2f} MB/camera); node process RSS "
-          f"{node_rss / 1024:.0f} MB")
+    print(f"    vigie CPU {run.vigie_alone * 100:6.1f} % of a core = "
+          f"{run.vigie_alone / run.cameras * 100:.3f} % per camera ({len(pids)} processes, "
+          f"utime + stime); RTSP server {run.server_cores * 100:.1f} %; PostgreSQL for the "
+          f"node {pg_cores * 100:.1f} %; machine busy {run.busy_alone * 100:.0f} % of its "
+          f"cores ({others * 100:.0f} % of a core by others); load average {run.load}")
+    print(f"    memory (median of {window:.0f} 1-s samples): RSS {run.memory.rss / 1024:.0f} / "
+          f"PSS {run.memory.pss / 1024:.0f} / USS {run.memory.uss / 1024:.0f} MB; above an "
+          f"idle node, per camera: {above.per(run.cameras)}; node process RSS "
+          f"{node_mem[0] / 1024:.0f} MB")
     print(f"    judged from samples aged p50 {sa['p50']:.2f} / p99 {sa['p99']:.2f} / max "
           f"{sa['max']:.2f} s ({sa['n']} judgements); last packet p99 {pa['p99']:.2f} / max "
           f"{pa['max']:.2f} s")
@@ -486,6 +624,37 @@ async def _window(node: NodeProcess, run: Run, window: float, server: Any,
           f"{judged['loop_lag_ms']['p99']:.1f} / max {judged['loop_lag_ms']['max']:.1f} ms")
     if judged["not_ok_judgements"]:
         print(f"    judgements not ok in the window: {judged['not_ok_judgements']}")
+
+
+async def _shared(node: NodeProcess, run: Run, urls: list[str], args: argparse.Namespace,
+                  server: Any, workdir: Path) -> None:
+    """N ffmpeg clients on the same streams while vigie runs; the CPU times of both over the
+    same window. Both then meet the same machine (the other load on it, the RTSP server
+    serving 2N clients, the cores' clock): their ratio does not depend on when each was
+    measured, as it did when one window followed the other."""
+    print(f"    + {len(urls)} ffmpeg -skip_frame nokey clients on the same streams, "
+          f"{args.ffmpeg_warmup:.0f} s of warm-up, window of {args.window:.0f} s")
+    clients = await asyncio.to_thread(FfmpegClients, urls, workdir)
+    try:
+        await asyncio.sleep(args.ffmpeg_warmup)
+        vigie, ffmpeg = CpuWindow(node.pids()), CpuWindow(clients.pids())
+        server_cpu0 = server.status()["cpu_seconds"]
+        await asyncio.sleep(args.window)
+        run.vigie_shared, elapsed, run.busy_shared = vigie.stop()
+        run.ffmpeg_shared = ffmpeg.stop()[0]
+        server_cores = (server.status()["cpu_seconds"] - server_cpu0) / elapsed
+        run.ffmpeg_dead = clients.dead()
+        mem = memory_of(clients.pids())
+    finally:
+        await asyncio.to_thread(clients.stop)
+    n = run.cameras
+    print(f"    vigie CPU {run.vigie_shared * 100:6.1f} % of a core = "
+          f"{run.vigie_shared / n * 100:.3f} % per camera; ffmpeg CPU "
+          f"{run.ffmpeg_shared * 100:6.1f} % = {run.ffmpeg_shared / n * 100:.3f} % per stream; "
+          f"vigie/ffmpeg {run.ratio:.2f}; RTSP server {server_cores * 100:.1f} %; machine busy "
+          f"{run.busy_shared * 100:.0f} %; load average {loadavg()}; ffmpeg RSS "
+          f"{mem[0] / 1024 / n:.1f} / PSS {mem[1] / 1024 / n:.1f} MB per process; "
+          f"{run.ffmpeg_dead} ffmpeg died")
 
 
 async def _api_ages(http: Any, run: Run, polls: int = 10) -> None:
@@ -540,51 +709,8 @@ async def _offline(http: Any, server: Any, mounts: list[str], run: Run) -> None:
           + (f"; other cameras not ok: {collateral[:5]}" if collateral else ""))
 
 
-def measure_ffmpeg(server: Any, urls: list[str], args: argparse.Namespace,
-                   workdir: Path) -> Run:
-    run = Run(len(urls), "ffmpeg")
-    with ExitStack() as stack:
-        procs: list[subprocess.Popen[bytes]] = []
-        log = stack.enter_context(open(workdir / "ffmpeg.log", "ab"))
-        for url in urls:
-            procs.append(subprocess.Popen(
-                ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-                 "-skip_frame", "nokey", "-rtsp_transport", "tcp", "-i", url, "-f", "null",
-                 "-"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
-            time.sleep(1 / RAMP_PER_SECOND)
-        try:
-            time.sleep(args.ffmpeg_warmup)
-            pids = [p.pid for p in procs]
-            cpu = CpuWindow(pids)
-            server_cpu0 = server.status()["cpu_seconds"]
-            time.sleep(args.window)
-            run.cores, elapsed, run.machine_busy = cpu.stop()
-            run.server_cores = (server.status()["cpu_seconds"] - server_cpu0) / elapsed
-            mem = [memory_kb(p) for p in pids]
-            run.rss_mb = sum(r for r, _ in mem) / 1024
-            run.pss_mb = sum(p for _, p in mem) / 1024
-            dead = sum(p.poll() is not None for p in procs)
-            run.extra["dead"] = dead
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-    print(f"    ffmpeg CPU {run.cores * 100:6.1f} % of a core = "
-          f"{run.cpu_per_stream * 100:.3f} % per stream; RTSP server "
-          f"{run.server_cores * 100:.1f} %; machine busy {run.machine_busy * 100:.0f} % "
-          f"({run.others * 100:.0f} % of a core by others); "
-          f"RSS {run.rss_mb / run.streams:.1f} MB / PSS {run.pss_mb / run.streams:.1f} MB "
-          f"per process; {dead} died")
-    return run
-
-
-async def idle_node(workdir: Path) -> tuple[int, int]:
-    """RSS and PSS (kB) of a node that watches no camera: the baseline."""
+async def idle_node(workdir: Path) -> Memory:
+    """Memory of a node that watches no camera."""
     from tests.pg import temporary_database
 
     async with temporary_database("vigie_bench") as dsn:
@@ -592,49 +718,42 @@ async def idle_node(workdir: Path) -> tuple[int, int]:
         node = NodeProcess(raw, workdir)
         try:
             await asyncio.sleep(3)
-            rss = pss = 0
-            for pid in node.pids():
-                r, p = memory_kb(pid)
-                rss, pss = rss + r, pss + p
+            memory = await _sample_memory(node.pids, 3)
         finally:
             node.stop()
-    return rss, pss
+    return memory
 
 
 def summary(runs: list[Run], alive: bool, code: int | None) -> None:
-    print("\nsummary (CPU in % of one core; memory above an idle node)")
-    print(f"{'streams':>7} {'who':<16} {'CPU/stream':>10} {'×ffmpeg':>8} {'MB/cam RSS':>10} "
-          f"{'PSS':>6} {'age p99':>8} {'max':>6} {'offline s (max)':>15} {'busy':>5} "
-          f"{'server':>7}")
-    base = {r.streams: r for r in runs if r.who == "ffmpeg"}
+    print("\nsummary (CPU: utime + stime over the window, in % of one core; memory in MB)")
+    print(f"{'cameras':>7} {'workers':>7} {'vigie alone':>11} {'vigie':>7} {'ffmpeg':>7} "
+          f"{'×ffmpeg':>7} {'per added camera RSS/PSS/USS':>29} {'age p99':>7} {'max':>5} "
+          f"{'offline':>7} {'busy':>9} {'load average':>15}")
     for r in runs:
         rows = [r, *([r.extra["soak"]] if "soak" in r.extra else [])]
         for row in rows:
-            ref = base.get(row.streams)
-            ratio = f"{row.cpu_per_stream / ref.cpu_per_stream:.2f}" if ref and ref.cores \
-                and row.who != "ffmpeg" else "-"
+            n = row.cameras
+            slope = row.slope
+            memory = (f"{slope.rss / 1024:.2f} / {slope.pss / 1024:.2f} / "
+                      f"{slope.uss / 1024:.2f} ({row.base_cameras}→{n})") if slope else "-"
             judged = row.extra.get("judged")
             age = f"{judged['sample_age']['p99']:.2f}" if judged else "-"
             age_max = f"{judged['sample_age']['max']:.2f}" if judged else "-"
             delays = row.extra.get("offline_delays")
             offline = f"{max(delays):.1f}" if delays else "-"
-            mem = (row.rss_mb / row.streams, row.pss_mb / row.streams)
-            print(f"{row.streams:>7} {row.who:<16} {row.cpu_per_stream * 100:>9.3f}% "
-                  f"{ratio:>8} {mem[0]:>10.2f} {mem[1]:>6.2f} {age:>8} {age_max:>6} "
-                  f"{offline:>15} {row.machine_busy * 100:>4.0f}% "
-                  f"{row.server_cores * 100:>6.1f}%")
-    by_who: dict[str, list[Run]] = {}
-    for r in runs:
-        if r.who != "ffmpeg":
-            by_who.setdefault(r.who, []).append(r)
-    for who, rs in by_who.items():
-        if len(rs) >= 2:
-            first, last = min(rs, key=lambda r: r.streams), max(rs, key=lambda r: r.streams)
-            slope = (last.rss_mb - first.rss_mb) / (last.streams - first.streams)
-            pss = (last.pss_mb - first.pss_mb) / (last.streams - first.streams)
-            print(f"{who}: memory per added camera ({first.streams} → {last.streams}): "
-                  f"RSS {slope:.2f} MB, PSS {pss:.2f} MB")
-    print(f"targets: ≤ 1.2× ffmpeg at 200 streams; ≤ 2 MB/camera; sample age ≤ 2 s; "
+            shared = row.ffmpeg_shared > 0
+            print(f"{n:>7} {row.workers:>7} {row.vigie_alone / n * 100:>10.3f}% "
+                  + (f"{row.vigie_shared / n * 100:>6.3f}% {row.ffmpeg_shared / n * 100:>6.3f}% "
+                     f"{row.ratio:>7.2f} " if shared else f"{'-':>7} {'-':>7} {'-':>7} ")
+                  + f"{memory:>29} {age:>7} {age_max:>5} {offline:>7} "
+                  f"{row.busy_alone * 100:>3.0f}%/{row.busy_shared * 100:>3.0f}% "
+                  f"{row.load:>15}")
+    print("  vigie alone: node + workers, no ffmpeg running; vigie and ffmpeg: the same "
+          "window, both running; busy: the machine's cores, alone / shared")
+    print("  per added camera: (node at N − node at the base count) / (N − base); PSS is "
+          "the figure to hold against the target (RSS counts the libraries once per worker, "
+          "USS leaves them out)")
+    print(f"targets: ≤ 1.2× ffmpeg at 200 cameras; ≤ 2 MB/camera; sample age ≤ 2 s at 300; "
           f"offline ≤ {OFFLINE_AFTER + 1:.0f} s")
     print(f"RTSP server alive and answering at the end: {alive}; exit code on stop: {code}")
 
@@ -643,9 +762,11 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     from tests.cameras import clips
     from tests.cameras.harness import RtspServer
 
-    counts = sorted(set(args.streams))
-    # Every connection starts the clip from its beginning: it must outlast the longest one.
-    longest = args.warmup + 2 * args.window + args.soak + 240
+    counts = sorted(set(args.cameras))
+    # Every connection starts the clip from its beginning: it must outlast the longest one
+    # (a node's: warm-up, its window, the ffmpeg ramp, warm-up and window, the soak).
+    longest = (args.warmup + 2 * args.window + max(counts) / RAMP_PER_SECOND
+               + args.ffmpeg_warmup + args.soak + 240)
     clip = clips.clip("h264", seconds=max(clips.DEFAULT_SECONDS["h264"], int(longest)))
     runs: list[Run] = []
     server = RtspServer(log_path=workdir / "rtsp-server.log")
@@ -654,19 +775,25 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         mounts = [f"bench-{i:03d}" for i in range(max(counts))]
         urls = [server.add_clip(m, clip) for m in mounts]
         print(f"RTSP server pid {server.pid}, {len(mounts)} clip mounts of {clip.name}; "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores; load average {loadavg()}")
         idle = await idle_node(workdir)
-        print(f"idle node (no camera): RSS {idle[0] / 1024:.0f} MB, PSS {idle[1] / 1024:.0f} MB")
+        print(f"idle node (no camera): RSS {idle.rss / 1024:.0f} MB, PSS "
+              f"{idle.pss / 1024:.0f} MB, USS {idle.uss / 1024:.0f} MB")
         for n in counts:
-            print(f"\n{n} streams")
-            print("  ffmpeg -skip_frame nokey:")
-            runs.append(await asyncio.to_thread(measure_ffmpeg, server, urls[:n], args,
-                                                workdir))
             for i, workers in enumerate(args.workers):
-                print(f"  vigie, {workers} camera workers:")
+                who = "vigie's default" if workers is None else str(workers)
+                base = args.base_cameras or max(1, n // 2)
+                print(f"\n{n} cameras, camera workers: {who}")
+                print(f"  node with {base} cameras (the base of the memory slope):")
+                base_memory = await measure_base(server, urls[:base], workers, args, workdir)
+                print(f"  node with {n} cameras:")
                 soak = args.soak if n == counts[-1] and i == len(args.workers) - 1 else 0
-                runs.append(await measure_vigie(server, urls[:n], mounts[:n], workers, args,
-                                                idle, workdir, soak))
+                run = await measure_vigie(server, urls[:n], mounts[:n], workers, args, idle,
+                                          workdir, soak)
+                run.base_cameras, run.base_memory = base, base_memory
+                if run.slope is not None:
+                    print(f"  per added camera ({base} → {n}): {run.slope.per(1)}")
+                runs.append(run)
         alive = server.alive()
     finally:
         code = server.stop()
@@ -676,20 +803,27 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, action="append",
-                        help="stream count (repeat for several; default 200)")
+    parser.add_argument("--cameras", "--streams", type=int, action="append",
+                        help="camera (stream) count, repeat for several; default 100")
+    parser.add_argument("--base-cameras", type=int, default=0,
+                        help="cameras of the node the memory slope starts from (default N/2)")
     parser.add_argument("--workers", type=int, action="append",
-                        help="camera worker processes (repeat for several; default 2 and 4)")
+                        help="camera worker processes, repeat for several; default: vigie's "
+                             "own default for the camera count")
     parser.add_argument("--window", type=float, default=30.0, help="measured seconds")
+    parser.add_argument("--memory-window", type=float, default=10.0,
+                        help="seconds of memory samples of the base node")
     parser.add_argument("--warmup", type=float, default=35.0,
                         help="seconds from the node's start to its window, at least")
     parser.add_argument("--ffmpeg-warmup", type=float, default=15.0)
+    parser.add_argument("--no-ffmpeg", action="store_true",
+                        help="vigie alone (memory, staleness, offline detection), no ratio")
     parser.add_argument("--soak", type=float, default=0.0,
                         help="keep the last vigie run this much longer, measure again")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
-    args.streams = args.streams or [200]
-    args.workers = args.workers or [2, 4]
+    args.cameras = args.cameras or [100]
+    args.workers = args.workers or [None]
     workdir = Path(tempfile.mkdtemp(prefix="bench-cameras-"))
     try:
         code = asyncio.run(bench(args, workdir))
