@@ -149,7 +149,8 @@ class _Model(BaseModel):
 class NodeConfig(_Model):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
     data_dir: Path = Path("./var")
-    # Processes decoding and analysing camera streams (None: one per core, at most 8).
+    # Processes decoding and analysing camera streams (None: one per core, at most 8, and
+    # more for over 100 cameras a worker; see vigie.cameras._workers.worker_count).
     camera_workers: int | None = Field(default=None, ge=1, le=64)
     # SIGTERM: stop reading, write or spool what was received, stop the loops, within this.
     shutdown_budget: Duration = 10.0

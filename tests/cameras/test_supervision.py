@@ -303,3 +303,21 @@ async def test_camera_alerts_left_open_by_a_previous_run_resolve_when_the_camera
         rtsp_server.remove(mount)
     # The fine camera was never shown offline on the strength of an old alert.
     assert transitions == {"cam-fine": [("unknown", "ok")], "cam-dead": [("unknown", "offline")]}
+
+
+@pytest.mark.parametrize(("cameras", "configured", "cores", "expected"), [
+    (0, None, 2, 1),  # a node without cameras still has a pool (of one, never started)
+    (1, None, 2, 1),  # never more workers than cameras
+    (50, None, 2, 2),  # one per core
+    (200, None, 2, 2),  # 100 cameras each: still one per core
+    (201, None, 2, 3),  # more would put over 100 cameras in a worker
+    (300, None, 2, 3),
+    (300, None, 4, 4),
+    (100, None, 32, 8),  # at most 8 by cores alone
+    (5000, None, 2, 16),  # and 16 by camera count
+    (300, 2, 2, 2),  # node.camera_workers wins
+    (1, 4, 2, 1),
+])
+def test_worker_count_grows_with_cameras_beyond_a_core_each(
+        cameras: int, configured: int | None, cores: int, expected: int) -> None:
+    assert _workers.worker_count(cameras, configured, cores) == expected

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from collections.abc import Set as AbstractSet
@@ -43,7 +42,7 @@ from vigie.cameras._health import CameraHealth, HealthChange
 from vigie.cameras._history import MAX_SAMPLES, MAX_TRANSITIONS, CameraHistory
 from vigie.cameras._stream import CameraSpec
 from vigie.cameras._worker import Sample
-from vigie.cameras._workers import WorkerPool
+from vigie.cameras._workers import WorkerPool, worker_count
 from vigie.config import CAMERA_REASONS, CameraChecks, CameraConfig, Config, SiteConfig
 from vigie.metrics import Metrics
 from vigie.secrets import redact_url
@@ -111,8 +110,7 @@ class CameraSupervisor:
                 state = CameraState(site, cam, checks, CameraHealth(
                     bad_samples=checks.bad_samples, good_samples=checks.good_samples), worker=0)
                 self.cameras[state.key] = state
-        n_workers = workers or max(1, min(os.cpu_count() or 1, 8))
-        self._pool = WorkerPool(min(n_workers, max(len(self.cameras), 1)), REPORT_EVERY,
+        self._pool = WorkerPool(worker_count(len(self.cameras), workers), REPORT_EVERY,
                                 metrics, self._message)
         self._snapshots = config.node.data_dir / "snapshots"
         self.history = CameraHistory(store, alerts, metrics, config.node.data_dir,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -25,7 +27,7 @@ from typing import Any
 from vigie.cameras._worker import worker_main
 from vigie.metrics import Metrics
 
-__all__ = ["HUNG_AFTER", "LATE_AFTER", "WorkerPool"]
+__all__ = ["CAMERAS_PER_WORKER", "HUNG_AFTER", "LATE_AFTER", "WorkerPool", "worker_count"]
 
 log = logging.getLogger("vigie.cameras")
 
@@ -35,6 +37,27 @@ START_GRACE = 20.0  # for the first report of a new worker (importing FFmpeg and
 STABLE_AFTER = 60.0  # a worker that lived this long was no crash loop: no restart delay
 MAX_RESTART_DELAY = 60.0
 GAPS_KEPT = 5  # report intervals that make a worker's lag: its last five seconds
+# Cameras a worker watches at most by default: the most measured in one worker (100 streams
+# of 640×360 at 10 fps), where its CPU per camera was no higher than at 25 or 50 (see
+# tests/bench/cameras.py). Beyond it a worker's threads and GIL are unmeasured ground, and a
+# worker that crashes takes fewer cameras down with it; a worker costs ~40-60 MB (PSS) of
+# its own, which 100 cameras share.
+CAMERAS_PER_WORKER = 100
+MAX_DEFAULT_WORKERS = 16
+
+
+def worker_count(cameras: int, configured: int | None = None, cores: int | None = None
+                 ) -> int:
+    """Worker processes for `cameras`: `configured` if set (node.camera_workers), else one
+    per core (up to 8), and more when that would give one over `CAMERAS_PER_WORKER`; never
+    more workers than cameras."""
+    if configured is None:
+        per_core = min(cores or os.cpu_count() or 1, 8)
+        wanted = min(max(per_core, math.ceil(cameras / CAMERAS_PER_WORKER)),
+                     MAX_DEFAULT_WORKERS)
+    else:
+        wanted = configured
+    return max(1, min(wanted, cameras))
 
 
 @dataclass
