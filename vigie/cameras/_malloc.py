@@ -18,7 +18,9 @@ import ctypes
 import ctypes.util
 from typing import Any
 
-__all__ = ["release_free_memory"]
+__all__ = ["limit_arenas", "release_free_memory"]
+
+_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 
 
 def _glibc() -> Any | None:
@@ -40,3 +42,16 @@ def release_free_memory() -> None:
     """Give the free pages of every arena back to the system (milliseconds)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def limit_arenas(count: int) -> None:
+    """Let the threads created from now on share `count` arenas (MALLOC_ARENA_MAX).
+
+    glibc gives a thread an arena of its own until there are eight per core: 16 on two
+    cores, each holding freed FFmpeg and picture buffers that the other threads cannot reuse.
+    To be called before the camera threads start: glibc fixes its limit when it first needs
+    more arenas than its default test allows (8), which a worker's imports never reach.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_ARENA_MAX, count)
+

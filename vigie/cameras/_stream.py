@@ -2,12 +2,14 @@
 
 Every packet is counted (liveness, frame rate, bitrate); only a keyframe is decoded, and
 only every `analyse_every` seconds, for the picture checks. PyAV releases the GIL while it
-reads and decodes, so one worker process watches many cameras with a thread each.
+reads and decodes, so one worker process watches many cameras with a thread each; the
+keyframes they pick are decoded and checked by one thread of the worker (`Analyses`).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -24,12 +26,16 @@ from vigie.cameras._analysis import Analyser
 from vigie.config import CameraChecks
 from vigie.secrets import redact_text
 
-__all__ = ["CameraSpec", "StreamStats", "StreamWatcher"]
+__all__ = ["Analyses", "CameraSpec", "StreamStats", "StreamWatcher"]
 
 log = logging.getLogger("vigie.cameras")
 
 CONNECT_TIMEOUT = 5.0
 MAX_BACKOFF = 30.0
+# Keyframes waiting for the analysis thread beyond which a camera's turn is skipped (it
+# submits its next keyframe): the analysis of a stalled worker must not hold a growing pile
+# of pictures. A keyframe waits in its packet (tens of kB at 640×360).
+MAX_WAITING = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +84,60 @@ class StreamStats:
         return len(recent) / span, sum(n for _, n in recent) * 8 / span
 
 
+class Analyses:
+    """The thread of a worker that decodes and checks the keyframes its cameras submit.
+
+    One thread, not each camera's own: decoding a keyframe allocates and frees about 1.5 MB
+    (a decoder, its picture pool, the checks' arrays). Done in a hundred camera threads, those
+    blocks land in every glibc arena the threads use, and each arena keeps the space of the
+    decodes that happened to overlap in it; done in one thread, each decode reuses the blocks
+    the previous one freed. The decodes of a worker's cameras took turns on the GIL for their
+    checks anyway, and take about a millisecond each, every `analyse_every` seconds.
+    """
+
+    def __init__(self) -> None:
+        # (watcher, codec, extradata, packet, time); a packet None: the camera reconnected.
+        self._queue: queue.SimpleQueue[tuple[StreamWatcher, Any, bytes | None, Any, float]
+                                       | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="analyses", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def submit(self, watcher: StreamWatcher, codec: Any, extradata: bytes | None,
+               packet: Any, now: float) -> bool:
+        """Queue a keyframe; False when too many wait (the camera submits its next one)."""
+        if self._queue.qsize() >= MAX_WAITING:
+            return False
+        self._queue.put((watcher, codec, extradata, packet, now))
+        return True
+
+    def reconnected(self, watcher: StreamWatcher) -> None:
+        """In the queue's order: the keyframes of the previous connection come before."""
+        self._queue.put((watcher, None, None, None, 0.0))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            watcher, codec, extradata, packet, now = item
+            if packet is None:
+                watcher.analyser.reconnected()
+                continue
+            try:
+                watcher.analyse(codec, extradata, packet, now)
+            except Exception as exc:  # one camera's bad keyframe must not stop the others
+                watcher.stats.error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
+
+
 class StreamWatcher:
-    def __init__(self, spec: CameraSpec) -> None:
+    def __init__(self, spec: CameraSpec, analyses: Analyses | None = None) -> None:
+        """`analyses`: the worker's analysis thread; without it, the camera's own thread
+        decodes and checks its keyframes."""
         self.spec = spec
         self.stats = StreamStats()
+        self.analyses = analyses
         self.analyser = Analyser(spec.checks, spec.reference)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"cam:{spec.key}", daemon=True)
@@ -120,14 +176,20 @@ class StreamWatcher:
         read_timeout = max(self.spec.checks.offline_after, 1.0)
         options = {
             "rtsp_transport": self.spec.transport,
-            # Socket-level timeout (µs), and PyAV's interrupt callback below: a camera that
+            # Socket-level timeout (µs) of every read, TCP and UDP alike: a camera that
             # accepts the connection and then says nothing cannot hang this thread.
             "timeout": str(int(read_timeout * 1_000_000)),
             "analyzeduration": "1000000",
             "probesize": "500000",
             "fflags": "nobuffer",
         }
-        return av.open(self.spec.url, options=options, timeout=(CONNECT_TIMEOUT, read_timeout))
+        # PyAV's own timeout for the opening only (the handshake and the probe as a whole, a
+        # server that trickles bytes included), none for the reads: its interrupt callback
+        # takes the GIL at each of the several checks FFmpeg makes per RTP packet, hundreds a
+        # second per stream, and with tens of camera threads per worker that convoy on the GIL
+        # cost more CPU than reading the streams (measured: see tests/bench/cameras.py). With
+        # no read timeout set, the callback returns before taking the GIL.
+        return av.open(self.spec.url, options=options, timeout=(CONNECT_TIMEOUT, None))
 
     def _watch(self) -> None:
         container = self._open()
@@ -137,7 +199,10 @@ class StreamWatcher:
             self.stats.codec = ctx.name
             self.stats.width, self.stats.height = ctx.width, ctx.height
             if not self.stats.connected:  # a replayed file's loop is no new connection
-                self.analyser.reconnected()
+                if self.analyses is None:
+                    self.analyser.reconnected()
+                else:
+                    self.analyses.reconnected(self)
                 self.stats.receiving_since = None
                 self.stats.arrivals.clear()
             self.stats.connected, self.stats.error = True, None
@@ -157,12 +222,16 @@ class StreamWatcher:
                     # 0.9: a keyframe a few ms early must not be skipped (which would analyse
                     # every other keyframe when analyse_every equals the keyframe interval).
                     next_analysis = now + 0.9 * self.spec.checks.analyse_every
-                    self._analyse(ctx, packet, now)
+                    if self.analyses is None:
+                        self.analyse(ctx.codec, ctx.extradata, packet, now)
+                    elif not self.analyses.submit(self, ctx.codec, ctx.extradata, packet, now):
+                        next_analysis = 0.0
         finally:
             container.close()
 
-    def _analyse(self, stream_ctx: Any, packet: Any, now: float) -> None:
-        for frame in _decode_keyframe(stream_ctx, packet):
+    def analyse(self, codec: Any, extradata: bytes | None, packet: Any, now: float) -> None:
+        """Decode a keyframe and check it (in the analysis thread, or the camera's own)."""
+        for frame in _decode_keyframe(codec, extradata, packet):
             self.stats.width, self.stats.height = frame.width, frame.height
             luma, limited = _luma(frame)
             self.analyser.analyse(luma, now, limited_range=limited)
@@ -170,7 +239,7 @@ class StreamWatcher:
                 self.analyser.write_snapshot(frame, self.spec.snapshot_path)
 
 
-def _decode_keyframe(stream_ctx: Any, packet: Any) -> list[Any]:
+def _decode_keyframe(codec: Any, extradata: bytes | None, packet: Any) -> list[Any]:
     """Decode one keyframe with a decoder of its own, freed at once.
 
     An open decoder holds its frame pool and scratch buffers (about 1.5 MB at 640×360) for
@@ -179,8 +248,8 @@ def _decode_keyframe(stream_ctx: Any, packet: Any) -> list[Any]:
     no previous picture, and the stream's parameter sets (extradata, and usually repeated in
     band) are all it needs. The stream's own codec context is never opened.
     """
-    decoder = av.CodecContext.create(stream_ctx.codec, "r")
-    decoder.extradata = stream_ctx.extradata
+    decoder = av.CodecContext.create(codec, "r")
+    decoder.extradata = extradata
     decoder.thread_count = 1  # a thread pool per analysis would cost more than the decode
     decoder.skip_frame = "NONKEY"  # a packet mislabelled as a keyframe decodes to nothing
     # The flush (None) returns a frame the decoder held back for reordering.

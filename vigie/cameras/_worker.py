@@ -1,9 +1,11 @@
-"""A camera worker process: watches many cameras (a thread each) and reports samples.
+"""A camera worker process: watches many cameras (a thread each, and one thread that
+decodes and checks their keyframes) and reports samples.
 
-The node starts a few of these (about one per core): decoding and image checks stay off the
-event loop and out of its GIL. Messages to the worker: ("add", CameraSpec), ("remove", key),
-("relearn", key), ("stop", None). From the worker: ("samples", [Sample, ...]) every
-`report_every` seconds, and ("reference", key, bytes) when a reference is learned.
+The node starts a few of these (one per core, more for many cameras: `worker_count`):
+decoding and image checks stay off the event loop and out of its GIL. Messages to the
+worker: ("add", CameraSpec), ("remove", key), ("relearn", key), ("stop", None). From the
+worker: ("samples", [Sample, ...]) every `report_every` seconds, and ("reference", key,
+bytes) when a reference is learned.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from vigie.cameras._malloc import release_free_memory
-from vigie.cameras._stream import CameraSpec, StreamWatcher
+from vigie.cameras._malloc import limit_arenas, release_free_memory
+from vigie.cameras._stream import Analyses, CameraSpec, StreamWatcher
 from vigie.logs import setup_logging
 
 __all__ = ["Sample", "worker_main"]
@@ -27,6 +29,8 @@ log = logging.getLogger("vigie.cameras")
 # Free pages of the allocator's arenas go back to the system this often (see _malloc): every
 # analysis frees a picture, a decoder and the checks' temporaries into its thread's arena.
 TRIM_EVERY = 5.0
+# glibc arenas shared by a worker's threads (see _malloc.limit_arenas).
+ARENAS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class _Worker:
         self.conn = conn
         self.report_every = report_every
         self.watchers: dict[str, StreamWatcher] = {}
+        self.analyses = Analyses()
         self.lock = threading.Lock()  # the reporter sends while the main thread receives
         self.done = threading.Event()
 
@@ -103,7 +108,7 @@ class _Worker:
         if kind == "add":
             spec: CameraSpec = arg
             self._drop(spec.key)
-            watcher = StreamWatcher(spec)
+            watcher = StreamWatcher(spec, self.analyses)
             self.watchers[spec.key] = watcher
             watcher.start()
         elif kind == "remove":
@@ -122,6 +127,7 @@ class _Worker:
     def run(self) -> None:
         reporter = threading.Thread(target=self.report_forever, name="reporter", daemon=True)
         reporter.start()
+        self.analyses.start()
         try:
             while not self.done.is_set():
                 try:
@@ -131,6 +137,7 @@ class _Worker:
                 self.handle(kind, arg)
         finally:
             self.done.set()
+            self.analyses.stop()
             for w in self.watchers.values():
                 w.stop()
             for w in self.watchers.values():
@@ -144,4 +151,5 @@ def worker_main(conn: Connection, report_every: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Redacted like the node's own logs: stream errors may quote a camera's URL.
     setup_logging("warning", "human", prefix="worker ")
+    limit_arenas(ARENAS)  # before any camera thread starts
     _Worker(conn, report_every).run()
