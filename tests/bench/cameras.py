@@ -159,9 +159,10 @@ class CpuWindow:
         end = {p: cpu_seconds(p) for p in self.pids}
         elapsed = time.monotonic() - self.t0
         busy1, total1 = machine_busy()
-        used = sum(max(0.0, end[p] - self.start[p]) for p in self.pids if end[p] > 0)
+        self.used = {p: max(0.0, end[p] - self.start[p]) / elapsed for p in self.pids
+                     if end[p] > 0}
         share = (busy1 - self.busy0) / max(total1 - self.total0, 1)
-        return used / elapsed, elapsed, share
+        return sum(self.used.values()), elapsed, share
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -605,11 +606,14 @@ async def _alone(node: NodeProcess, run: Run, window: float, server: Any, idle: 
                      node_rss_mb=node_mem[0] / 1024, above_idle=above)
     others = max(0.0, run.busy_alone * (os.cpu_count() or 1) - run.vigie_alone
                  - run.server_cores - pg_cores)
+    node_cores = cpu.used.get(node.pid, 0.0)
     sa, pa = judged["sample_age"], judged["packet_age"]
     print(f"    vigie CPU {run.vigie_alone * 100:6.1f} % of a core = "
           f"{run.vigie_alone / run.cameras * 100:.3f} % per camera ({len(pids)} processes, "
-          f"utime + stime); RTSP server {run.server_cores * 100:.1f} %; PostgreSQL for the "
-          f"node {pg_cores * 100:.1f} %; machine busy {run.busy_alone * 100:.0f} % of its "
+          f"utime + stime: node {node_cores * 100:.1f} %, workers and the rest "
+          f"{(run.vigie_alone - node_cores) * 100:.1f} %); RTSP server "
+          f"{run.server_cores * 100:.1f} %; PostgreSQL for the node {pg_cores * 100:.1f} %; "
+          f"machine busy {run.busy_alone * 100:.0f} % of its "
           f"cores ({others * 100:.0f} % of a core by others); load average {run.load}")
     print(f"    memory (median of {window:.0f} 1-s samples): RSS {run.memory.rss / 1024:.0f} / "
           f"PSS {run.memory.pss / 1024:.0f} / USS {run.memory.uss / 1024:.0f} MB; above an "
