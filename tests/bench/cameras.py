@@ -806,7 +806,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--cameras", "--streams", type=int, action="append",
                         help="camera (stream) count, repeat for several; default 100")
     parser.add_argument("--base-cameras", type=int, default=0,
