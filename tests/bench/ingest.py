@@ -33,6 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import paho.mqtt.client as paho
 import psutil
@@ -151,13 +152,13 @@ def bare_subscriber(port: int, prefix: str, n: int, client_id: str, ready: mp.Ev
 
 
 def write_config(path: Path, dsn: str, port: int, prefix: str, sites: int, sensors: int,
-                 client_id: str) -> None:
+                 client_id: str, api_port: int) -> None:
     lines = [
         "node: {name: bench, data_dir: " + str(path.parent / "var") + "}",
         f"database: {{dsn: \"{dsn}\"}}",
         f"mqtt: {{url: \"mqtt://127.0.0.1:{port}\", topic_prefix: {prefix}, "
         f"client_id: {client_id}}}",
-        "api: {listen: \"127.0.0.1:0\"}",
+        f"api: {{listen: \"127.0.0.1:{api_port}\"}}",
         "logging: {level: warning}",
         "sites:",
     ]
@@ -244,7 +245,8 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
     """(messages per second, rows, CPU seconds of the node per message: backlog mode only)."""
     cid = f"bench-vigie-{uuid.uuid4().hex[:8]}"
     config = workdir / f"vigie-{cid}.yaml"
-    write_config(config, dsn, port, prefix, sites, sensors, cid)
+    api_port = free_port()
+    write_config(config, dsn, port, prefix, sites, sensors, cid, api_port)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "vigie", "run", "--config", str(config)]
     # VIGIE_BENCH_PROFILE=/tmp/vigie.prof: py-spy samples the node (collapsed stacks).
@@ -272,7 +274,7 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
         proc = start()
         # The node's CPU from its first stored row (its start-up, imports and migrations
         # checked, is not ingest) to the last.
-        cpu_from = await first_row_cpu(dsn, psutil.Process(proc.pid))
+        cpu_from, pg_from = await first_row_cpu(dsn, psutil.Process(proc.pid))
     else:
         ready, t0 = ctx.Event(), ctx.Value("d", 0.0)
         ready.set()
@@ -280,10 +282,11 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
         pub.start()
     before = 0
     finished = await wait_rows(dsn, before + len(messages), timeout=900)
-    cpu = 0.0
+    cpu = pg_cpu = 0.0
     if backlog:
         times = psutil.Process(proc.pid).cpu_times()
         cpu = (times.user + times.system - cpu_from) / len(messages)
+        pg_cpu = (await backends_cpu(dsn) - pg_from) / len(messages)
         conn = await asyncpg.connect(dsn)
         started = float(await conn.fetchval("SELECT extract(epoch FROM min(received_at)) "
                                             "FROM events"))
@@ -293,23 +296,69 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
         started = t0.value
     await asyncio.sleep(1.0)  # anything beyond N would be a duplicate
     rows = await count_rows(dsn)
+    print_write_figures(await scrape(api_port))
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     for spy in spies:
         spy.wait(30)
-    return len(messages) / (finished - started), rows, cpu
+    return len(messages) / (finished - started), rows, cpu, pg_cpu
 
 
-async def first_row_cpu(dsn: str, proc: psutil.Process) -> float:
-    """The node's CPU seconds so far, read as its first event row appears."""
+async def scrape(port: int) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()
+
+
+def print_write_figures(metrics: str) -> None:
+    """What the node's writer did: transactions, their mean size and time."""
+    values = {}
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("vigie_db_write_seconds_sum", "vigie_db_write_seconds_count",
+                    "vigie_db_write_batch_size_sum"):
+            values[name] = float(value)
+    n = values.get("vigie_db_write_seconds_count", 0)
+    if n:
+        print(f"    node: {n:.0f} write transactions, mean "
+              f"{values.get('vigie_db_write_batch_size_sum', 0) / n:.0f} messages, mean "
+              f"{values['vigie_db_write_seconds_sum'] / n * 1000:.1f} ms each "
+              f"(this node's last start only)")
+
+
+async def first_row_cpu(dsn: str, proc: psutil.Process) -> tuple[float, float]:
+    """The node's CPU seconds so far, and its PostgreSQL backends', read as its first
+    event row appears."""
     conn = await asyncpg.connect(dsn)
     try:
         while not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM events)"):  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         times = proc.cpu_times()
-        return float(times.user + times.system)
+        return float(times.user + times.system), await backends_cpu(dsn, conn)
     finally:
         await conn.close()
+
+
+_BACKENDS: dict[int, float] = {}  # pid: CPU seconds last read (a backend may end meanwhile)
+
+
+async def backends_cpu(dsn: str, conn: asyncpg.Connection | None = None) -> float:
+    """CPU seconds used so far by the PostgreSQL backends serving the node's database (the
+    server runs on this machine): its share of the ingest work."""
+    own = conn or await asyncpg.connect(dsn)
+    try:
+        pids = [r[0] for r in await own.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")]
+    finally:
+        if conn is None:
+            await own.close()
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        _BACKENDS[pid] = t.user + t.system
+    return sum(_BACKENDS.values())
 
 
 async def fresh_database() -> str:
@@ -348,7 +397,7 @@ async def main() -> None:
                 try:
                     prefix2 = f"v{uuid.uuid4().hex[:6]}"
                     messages = payloads(args.events, args.sites, args.sensors, prefix2)
-                    rate, rows, cpu = await run_vigie(port, messages, prefix2, dsn, workdir,
+                    rate, rows, cpu, pg_cpu = await run_vigie(port, messages, prefix2, dsn, workdir,
                                                  args.sites, args.sensors, backlog)
                 finally:
                     await drop_database(name)
@@ -359,8 +408,9 @@ async def main() -> None:
                       f"(target ≥ 0.6); rows {rows} ({verdict})")
                 if backlog:  # CPU time: a figure the machine's other load barely moves
                     print(f"[{mode}] CPU per message: bare {bare_cpu * 1e6:.1f} µs, vigie "
-                          f"{cpu * 1e6:.1f} µs (main process; PostgreSQL's share not "
-                          f"counted); bare/vigie {bare_cpu / cpu:.2f}")
+                          f"{cpu * 1e6:.1f} µs (its process) + {pg_cpu * 1e6:.1f} µs "
+                          f"(its PostgreSQL backends); bare/vigie process "
+                          f"{bare_cpu / cpu:.2f}")
         finally:
             broker.terminate()
             broker.wait()
