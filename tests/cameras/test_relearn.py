@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.api.test_api import OpenApi
 from tests.cameras.harness import RtspServer
 from tests.conftest import eventually, make_config
 from vigie.app import Node, running_node
@@ -81,12 +82,20 @@ class _Wrong(dict[str, Any]):
         return False
 
 
+async def _spec(http: aiohttp.ClientSession) -> OpenApi:
+    async with http.get("/api/v1/openapi.json") as r:
+        return OpenApi(await r.json())
+
+
 async def _references(http: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
     async with http.get(f"/api/v1/cameras?site={SITE}") as r:
         assert r.status == 200
         text = await r.text()
     assert PASSWORD not in text
-    return {c["id"]: {**c["reference"], "state": c["state"]} for c in json.loads(text)["items"]}
+    body = json.loads(text)
+    # Every reference state as documented (no undocumented field either).
+    (await _spec(http)).check("GET", "/api/v1/cameras", 200, body)
+    return {c["id"]: {**c["reference"], "state": c["state"]} for c in body["items"]}
 
 
 def _learned_since(refs: dict[str, dict[str, Any]], cameras: list[str], since: datetime
@@ -108,6 +117,8 @@ async def test_a_site_is_relearned_and_followed_in_the_camera_views(node: Node) 
         async with http.post(f"/api/v1/sites/{SITE}/cameras/reference") as r:
             assert r.status == 202, await r.text()
             answer = await r.json()
+        (await _spec(http)).check("POST", f"/api/v1/sites/{SITE}/cameras/reference", 202,
+                                  answer)
         requested = datetime.fromisoformat(answer["requested_at"])
         assert answer["site"] == SITE
         assert {i["camera"]: (i["relearn"], i["state"]) for i in answer["items"]} == {

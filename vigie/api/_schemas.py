@@ -164,7 +164,7 @@ SCHEMAS: dict[str, Any] = {
             "learned_for": {"type": "number"}, "learn_for": {"type": "number"}},
     },
     "RelearnBody": {
-        "type": "object", "additionalProperties": False,
+        "type": "object", "additionalProperties": False, "example": {"cameras": ["entree"]},
         "properties": {"cameras": {
             "type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string"},
             "description": "camera ids of the site (default: every camera of the site)"}},
