@@ -5,8 +5,11 @@ node (real PostgreSQL, real RTSP streams from the GStreamer harness)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import pty
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -227,6 +230,40 @@ async def test_cli_relearns_a_site_and_waits_for_it(node: Node) -> None:
     code, out, err = await vigie("cameras", "relearn", "--site", SITE, "--camera", "cam-0",
                                  "--url", node.api_url, token=token)
     assert code == 0 and "re-learning the reference of 1 camera(s)" in out, err
+
+
+async def test_cli_draws_a_bar_on_a_terminal(node: Node) -> None:
+    token = await _token(node, "technician")
+    async with aiohttp.ClientSession(node.api_url,
+                                     headers={"Authorization": f"Bearer {token}"}) as http:
+        await eventually(lambda: _first_learned(http), timeout=40)
+    primary, secondary = pty.openpty()  # the progress goes to stderr: make it a terminal
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            VIGIE, "cameras", "relearn", "--site", SITE, "--camera", "cam-1", "--wait",
+            "--url", node.api_url, env={"PATH": "/usr/bin:/bin", "VIGIE_TOKEN": token},
+            stdout=asyncio.subprocess.PIPE, stderr=secondary)
+        os.close(secondary)
+        # Read as it draws: a terminal's buffer is small, and a full one would block it.
+        screen_read = asyncio.create_task(asyncio.to_thread(_read_terminal, primary))
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+        screen = await asyncio.wait_for(screen_read, 10)
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0, screen
+    drawn = screen.decode()
+    # One line redrawn in place, ending full, then the summary on stdout.
+    assert "\r\x1b[K" in drawn and f"{SITE}: references [" + "#" * 24 + "] 100% 1/1" in drawn
+    assert drawn.count("\n") == 1, drawn
+    assert out.decode().startswith(f"{SITE}: 1 camera(s) — 1 learned")
+
+
+def _read_terminal(fd: int) -> bytes:
+    screen = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed its side
+        while chunk := os.read(fd, 4096):
+            screen += chunk
+    return screen
 
 
 async def test_cli_says_why_it_cannot_relearn(offline_node: Node) -> None:
