@@ -54,6 +54,15 @@ class LearningRound:
         ref = self.views.get(camera, {}).get("reference") or {}
         return float(ref.get("progress") or 0.0)
 
+    def why_not(self, camera: str) -> str:
+        """What holds a camera's learning back, if its view says: only good picture is
+        learned from, so a black, covered or frozen camera makes no progress."""
+        view = self.views.get(camera, {})
+        if view.get("state") in (None, "ok"):
+            return ""
+        reasons = ",".join(view.get("reasons") or [])
+        return f" ({view['state']}{': ' + reasons if reasons else ''})"
+
     def groups(self) -> tuple[list[str], list[str], list[str]]:
         """(learned, still learning, offline: cannot learn until it is back)."""
         learned = [c for c in self.cameras if self.learned(c)]
@@ -136,7 +145,8 @@ def render_summary(round_: LearningRound, out: TextIO, waited: bool) -> None:
             w(f"  learned:        {', '.join(learned)}\n")
         if learning:
             w("  still learning: " + ", ".join(
-                f"{c} {100 * round_.progress(c):.0f} %" for c in learning) + "\n")
+                f"{c} {100 * round_.progress(c):.0f} %{round_.why_not(c)}" for c in learning)
+              + "\n")
         if offline:
             w(f"  offline:        {', '.join(offline)} (cannot learn: will once back)\n")
     if round_.elsewhere:

@@ -385,12 +385,15 @@ def test_the_summary_names_each_group() -> None:
                                            "learned_at": "2026-11-28T21:00:05+00:00"}},
         "b": {"state": "ok", "reference": {"status": "learned",  # the old one: not done
                                            "learned_at": "2026-11-28T20:00:00+00:00"}},
-        "c": {"state": "offline", "reference": {"status": "none"}}}
+        "c": {"state": "offline", "reference": {"status": "none"}},
+        "e": {"state": "degraded", "reasons": ["black"],
+              "reference": {"status": "learning", "progress": 0.25}}}
+    round_.cameras.append("e")
     out = io.StringIO()
     render_summary(round_, out, waited=True)
     assert out.getvalue().splitlines() == [
-        "s: 4 camera(s) — 1 learned, 1 still learning, 1 offline",
+        "s: 5 camera(s) — 1 learned, 2 still learning, 1 offline",
         "  learned:        a",
-        "  still learning: b 0 %",
+        "  still learning: b 0 %, e 25 % (degraded: black)",
         "  offline:        c (cannot learn: will once back)",
         "  not re-learned: d (watched by another node: ask that node)"]
