@@ -49,7 +49,7 @@ class Sample:
     check_seconds: float | None
     snapshot_at: float | None
     error: str | None
-    # While the reference is learned: (seconds of good picture, good frames, progress 0..1).
+    # While the reference is being learned: (seconds of good picture, good frames, 0..1).
     learning: tuple[float, int, float] | None = None
 
 
