@@ -250,10 +250,11 @@ SCHEMAS: dict[str, Any] = {
 
 def _workflow_schemas() -> dict[str, Any]:
     from vigie.api._alert_actions import ACTION_SCHEMAS
+    from vigie.api._notifiers import NOTIFIER_SCHEMAS
     from vigie.api._reports import REPORT_SCHEMAS
     from vigie.api._silences import SILENCE_SCHEMAS
 
-    return {**ACTION_SCHEMAS, **SILENCE_SCHEMAS, **REPORT_SCHEMAS}
+    return {**ACTION_SCHEMAS, **SILENCE_SCHEMAS, **REPORT_SCHEMAS, **NOTIFIER_SCHEMAS}
 
 
 SCHEMAS.update(_workflow_schemas())
