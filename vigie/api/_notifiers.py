@@ -12,7 +12,7 @@ from aiohttp import web
 
 from vigie.api._auth import Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import Endpoint, Param, audit_site
+from vigie.api._spec import Endpoint, Param, audit_site, list_schema
 from vigie.store import _notify as notify_q
 
 if TYPE_CHECKING:
@@ -100,12 +100,7 @@ NOTIFIER_SCHEMAS: dict[str, Any] = {
             "last_dead_letter_at": _TS,
         },
     },
-    "NotifierList": {
-        "type": "object", "required": ["items", "next_cursor"],
-        "properties": {"items": {"type": "array",
-                                 "items": {"$ref": "#/components/schemas/Notifier"}},
-                       "next_cursor": {"type": "string", "nullable": True}},
-    },
+    "NotifierList": list_schema("Notifier"),
     "NotifierDeadLetter": {
         "type": "object",
         "required": ["id", "notifier", "seq", "type", "alert_id", "site", "attempts", "error",
@@ -121,12 +116,7 @@ NOTIFIER_SCHEMAS: dict[str, Any] = {
             "failed_at": {"type": "string", "format": "date-time"},
         },
     },
-    "NotifierDeadLetterList": {
-        "type": "object", "required": ["items", "next_cursor"],
-        "properties": {"items": {"type": "array", "items": {
-            "$ref": "#/components/schemas/NotifierDeadLetter"}},
-            "next_cursor": {"type": "string", "nullable": True}},
-    },
+    "NotifierDeadLetterList": list_schema("NotifierDeadLetter"),
 }
 
 
