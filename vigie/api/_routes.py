@@ -17,6 +17,7 @@ from vigie.api._auth import Authenticator, Principal
 from vigie.api._errors import ApiError
 from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraSupervisor
+from vigie.cluster import CameraLeases
 from vigie.config import SENSOR_KINDS, Config
 from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
@@ -43,6 +44,8 @@ class ApiContext:
     clock: Callable[[], datetime]
     cameras: CameraSupervisor | None = None
     feed: Feed | None = None
+    # Several nodes: which cameras this node watches; the others are read from PostgreSQL.
+    leases: CameraLeases | None = None
     openapi: dict[str, Any] = field(default_factory=dict)  # filled by make_api
 
 

@@ -7,11 +7,13 @@ from vigie.cluster._leases import CameraLeases, CameraWatch, Superseded
 from vigie.cluster._plan import Census, LeaseClock, Member, claim_count, handovers
 from vigie.cluster._presence import NodePresence
 from vigie.cluster._sql import NodeRow, list_nodes
+from vigie.cluster._status import CameraStatusPublisher, remote_view
 
 __all__ = [
     "HEARTBEAT_LOCK",
     "MQTT_LOCK",
     "CameraLeases",
+    "CameraStatusPublisher",
     "CameraWatch",
     "Census",
     "Leadership",
@@ -23,4 +25,5 @@ __all__ = [
     "claim_count",
     "handovers",
     "list_nodes",
+    "remote_view",
 ]

@@ -1,0 +1,141 @@
+"""Every camera on every node's API: the holder publishes what it knows of its cameras in
+PostgreSQL (`camera_status`), and any node answers for the cameras it does not watch from
+there (with their last transition, which the holder writes as it happens).
+
+Snapshots go the same way, at a modest rate, rather than being fetched from the holder on
+demand. Why the database and not a proxy to the holder's API: in Kubernetes the nodes share
+no disk, and a proxy would need every pod to reach every other one (an advertised address,
+network policies, the API's TLS and tokens forwarded), would fail exactly when it matters
+(the holder dead or cut off: its cameras' last picture gone with it), and would put the
+operator's wait behind another node's load. The cost is bounded instead: one JPEG of about
+30-60 kB per camera every `SNAPSHOT_EVERY`, 2-4 kB/s per camera at most, written as rows
+replaced in place (one per camera).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vigie.cluster._leases import DB_ERRORS, CameraLeases
+from vigie.secrets import redact_text
+from vigie.store import Store
+from vigie.store import _cameras as cameras_q
+
+if TYPE_CHECKING:
+    from vigie.cameras import CameraSupervisor
+
+__all__ = ["CameraStatusPublisher", "remote_view"]
+
+log = logging.getLogger("vigie.cluster")
+
+PUBLISH_EVERY = 5.0  # seconds between two views of a camera in the database
+SNAPSHOT_EVERY = 30.0  # seconds between two published pictures of a camera, at least
+FORGET_EVERY = 3600.0  # rows of unconfigured cameras, pictures past their retention
+# What the API's camera view holds that comes from the camera's configuration, not from
+# its holder: never published (the URL is a secret, even redacted it is config).
+_CONFIGURED = ("id", "site", "name", "zone", "url")
+
+
+class CameraStatusPublisher:
+    def __init__(self, store: Store, cameras: CameraSupervisor, leases: CameraLeases,
+                 keep_images_for: float, *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._store = store
+        self._cameras = cameras
+        self._leases = leases
+        self._keep_images_for = keep_images_for
+        self._clock = clock
+        self._published: dict[str, tuple[float, float]] = {}  # camera: (snapshot mtime, when)
+        self._forgotten_at = -FORGET_EVERY
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except DB_ERRORS as exc:  # the database being away is reported elsewhere
+                log.debug("camera status not published: %s", redact_text(str(exc)))
+            await asyncio.sleep(PUBLISH_EVERY)
+
+    async def publish(self) -> None:
+        """One round: the views of every camera this node judges, and the pictures due."""
+        keys = sorted(self._leases.judging)
+        states = [self._cameras.cameras[k] for k in keys if k in self._cameras.cameras]
+        rows = []
+        for state in states:
+            view = self._cameras.view(state)
+            rows.append((state.site.id, state.camera.id,
+                         {k: v for k, v in view.items() if k not in _CONFIGURED}))
+        pictures = await asyncio.to_thread(self._pictures_due, keys)
+        async with self._store.connection() as conn:
+            if self._clock() - self._forgotten_at >= FORGET_EVERY:
+                await cameras_q.forget_status(conn, self._keep_images_for)
+                self._forgotten_at = self._clock()
+            await cameras_q.publish_status(conn, self._leases.name, self._leases.incarnation,
+                                           rows)
+            for key, mtime, jpeg in pictures:
+                site, camera = key.split("/", 1)
+                taken = datetime.fromtimestamp(mtime, UTC)
+                if await cameras_q.publish_snapshot(conn, self._leases.name,
+                                                    self._leases.incarnation, site, camera,
+                                                    taken, jpeg):
+                    self._published[key] = (mtime, self._clock())
+        for key in self._published.keys() - set(keys):
+            del self._published[key]  # handed over: published afresh if it comes back
+
+    def _pictures_due(self, keys: Collection[str]) -> list[tuple[str, float, bytes]]:
+        """(camera, taken at, JPEG) of the pictures to publish now: a new one, and none of
+        that camera for `SNAPSHOT_EVERY`. At most a round's share of the cameras, so that
+        a node taking many cameras at once does not write all their pictures together."""
+        now = self._clock()
+        budget = max(1, int(len(keys) * PUBLISH_EVERY / SNAPSHOT_EVERY) + 1)
+        out: list[tuple[str, float, bytes]] = []
+        for key in keys:
+            mtime, at = self._published.get(key, (0.0, -SNAPSHOT_EVERY))
+            if now - at < SNAPSHOT_EVERY:
+                continue
+            site, camera = key.split("/", 1)
+            path: Path = self._cameras.snapshot_path(site, camera)
+            try:
+                stat = path.stat()
+                if stat.st_mtime == mtime:
+                    continue
+                out.append((key, stat.st_mtime, path.read_bytes()))
+            except OSError:
+                continue  # none yet
+            if len(out) >= budget:
+                break
+        return out
+
+
+def remote_view(configured: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
+    """The API's view of a camera another node watches, from `cameras_q.cluster_states`:
+    its configuration (`configured`: id, site, name, zone, redacted URL) and what its holder
+    published, corrected by a newer transition. `node` is its holder (None: no live lease,
+    nobody watches it now); `as_of` when the holder last published its view."""
+    view: dict[str, Any] = {
+        "state": "unknown", "reasons": [], "since": None, "last_frame_at": None,
+        "last_analysed_at": None, "fps": None, "width": None, "height": None, "codec": None,
+        "bitrate": None, "reconnects": 0, "error": None, "stale": False,
+        "last_report_at": None}
+    row = row or {}
+    published = row.get("view") or {}
+    view.update({k: v for k, v in published.items() if k in view})
+    changed_at = row.get("changed_at")
+    updated_at = row.get("updated_at")
+    if changed_at is not None and (updated_at is None or changed_at > updated_at):
+        view["state"] = row["state"]
+        view["reasons"] = [] if row["state"] == "unknown" else sorted(row["reasons"] or ())
+        view["since"] = changed_at.isoformat()
+    holder = row.get("holder")
+    # Nobody holds it: what was published is its last known state, not a live one.
+    view["stale"] = bool(view["stale"]) or (holder is None and bool(published))
+    return {**configured, **view, "node": holder,
+            "as_of": updated_at.isoformat() if updated_at else None,
+            "snapshot_at": (row["snapshot_at"].isoformat() if row.get("snapshot_at")
+                            else None)}
