@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,7 +32,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 async def test_a_dead_nodes_share_waits_in_its_session_and_a_node_of_its_name_stores_it(
-        cluster_factory: Any, publisher: Publisher, fresh_dsn: str) -> None:
+        cluster_factory: Any, publisher: Publisher, fresh_dsn: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     cluster = cluster_factory()
     survivor = await cluster.start("n1")
     assert survivor.subscriber is not None and await survivor.subscriber.wait_connected(5)
@@ -50,6 +53,20 @@ async def test_a_dead_nodes_share_waits_in_its_session_and_a_node_of_its_name_st
     print(f"\nwith one of two nodes dead: {len(stored)} of {n} events stored, {stranded} "
           "queued in the dead node's session")
     assert n / 4 < stranded < 3 * n / 4
+
+    # Left like that for long, every live node names it and its session in its log.
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await conn.execute("UPDATE nodes SET expires_at = now() - interval '11 minutes' "
+                           "WHERE name = 'vigie-2'")
+    finally:
+        await conn.close()
+    with caplog.at_level(logging.WARNING, logger="vigie.cluster"):
+        await cluster.start("n3")
+    warned = [r.getMessage() for r in caplog.records if "lost and not restarted" in
+              r.getMessage()]
+    assert warned and "vigie-2 (silent 11 min)" in warned[0] and "(vigie-vigie-2)" in warned[0]
+    assert len(await _stored(fresh_dsn)) == len(stored)  # nothing more: still queued there
 
     # The replacement comes under the dead node's name (a StatefulSet's pod, or the
     # operator's `vigie run` with that node.name): same client id, same session, and it

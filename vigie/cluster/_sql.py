@@ -42,6 +42,14 @@ SELECT name, clustered FROM nodes
 WHERE name <> $1 AND state = 'up' AND expires_at > now()
 """
 
+# Clustered nodes up in the table but silent for long: dead, and not restarted under their
+# name (their MQTT session, if they shared a subscription group, holds their share).
+LOST = """
+SELECT name, now() - expires_at AS silent FROM nodes
+WHERE clustered AND state = 'up' AND expires_at < now() - make_interval(secs => $1)
+ORDER BY name
+"""
+
 FORGET_OLD_NODES = "DELETE FROM nodes WHERE last_seen_at < now() - interval '30 days'"
 
 # The cameras of this node's configuration get a row (free until claimed); free rows of
