@@ -81,6 +81,11 @@ async def test_every_node_lists_every_camera_with_its_state_holder_and_picture(
         for node in started:
             await _async_eventually(lambda n=node: _settled(api, cluster, n), timeout=60)
 
+        # The site's summary counts them all, on any node.
+        for node in started:
+            site = await api.get(node, f"/api/v1/sites/{SITE}")
+            assert site["camera_states"] == {"ok": CAMERAS}, site
+
         # One camera of n2's, seen from n1: n1 has no reading of it, so all of this comes
         # from what n2 published.
         key = sorted(cluster.judging()["n2"])[0]
@@ -119,6 +124,9 @@ async def test_every_node_lists_every_camera_with_its_state_holder_and_picture(
                     lambda n=node: _listed(api, n, "offline"), timeout=30)
                 assert [(c["id"], c["node"], c["reasons"]) for c in offline] == [
                     (cam, "n2", ["offline"])]
+                listed = await api.get(node, "/api/v1/sites")
+                assert [s["camera_states"] for s in listed["items"]] == [
+                    {"ok": CAMERAS - 1, "offline": 1}]
         finally:
             rtsp_server.fault(secret_cameras[cam][0], "start")
         await _async_eventually(lambda: _listed_none(api, n1, "offline"), timeout=40)

@@ -33,7 +33,7 @@ from vigie.store import _cameras as cameras_q
 if TYPE_CHECKING:
     from vigie.api._routes import ApiContext
 
-__all__ = ["camera_endpoints"]
+__all__ = ["camera_endpoints", "site_camera_states"]
 
 _STATES = ("unknown", "ok", "degraded", "offline")
 _MANAGE = frozenset({"admin", "technician"})
@@ -78,6 +78,20 @@ async def _views(ctx: ApiContext, states: list[CameraState]) -> list[dict[str, A
             view.update(stale=True, error="database unreachable: the state of the cameras "
                                           "other nodes watch is unknown to this node")
         out.append(view)
+    return out
+
+
+async def site_camera_states(ctx: ApiContext, sites: set[str]
+                             ) -> dict[str, dict[str, int]] | None:
+    """Several nodes: how many cameras of each site are in each state, wherever they are
+    watched (None on a lone node: its memory has them all)."""
+    if ctx.leases is None or ctx.cameras is None:
+        return None
+    out: dict[str, dict[str, int]] = {site: {} for site in sites}
+    views = await _views(ctx, [s for s in ctx.cameras.cameras.values() if s.site.id in sites])
+    for v in views:
+        counts = out[v["site"]]
+        counts[v["state"]] = counts.get(v["state"], 0) + 1
     return out
 
 
