@@ -2,7 +2,7 @@
 coordination costs each node, and how long a SIGKILLed node's cameras go unwatched.
 
     .venv/bin/python tests/bench/cluster.py [--cameras 60] [--kills 10] [--events 20000]
-                                            [--lease 5] [--interval 1] [--window 20]
+                                            [--lease 5] [--interval 1] [--window 30]
 
 Everything is real and local: a Mosquitto of our own on a free port, the RTSP test server
 (tests/cameras/rtsp_server.py) serving `--cameras` clip mounts, `vigie run` processes (each
@@ -21,10 +21,13 @@ In each phase, once every camera is held and the nodes are balanced:
 - coordination: the database's committed transactions per second over that same window
   (`pg_stat_database.xact_commit` of the phase's own database: every statement vigie sends
   outside an explicit transaction is one). The phase's figure minus the lone node's is
-  what the cluster adds — leases, census, handovers, heartbeats, the election sessions —
-  since the cameras' own writes (history, samples) are the same in every phase. Divided by
-  the node count: the per-node overhead. (pg_stat_statements would name the statements,
-  but needs a server restart to load: not on a shared server.)
+  what running that many clustered nodes adds, since the cameras' own writes (history,
+  samples) are the same in every phase: the lease protocol (census, handovers, renewals,
+  heartbeat, every `interval`), the election sessions, the camera views published for the
+  other nodes' API (`camera_status`), and every further node's own background statements
+  (database ping, alert refresh) that a lone node runs once. Divided by the node count:
+  the per-node overhead. (pg_stat_statements would name the statements, but needs a
+  server restart to load: not on a shared server.)
 - events/s: `--events` QoS 1 events published at full speed by one paho process, over
   native topics spread over every site; the rate is N over the time from the first
   publish to the moment every row is in `events` (shared subscriptions spread the
@@ -438,13 +441,14 @@ def summary(phases: list[Phase], args: argparse.Namespace, rtsp: tuple[bool, flo
     one = next((p for p in phases if p.nodes == 1 and p is not lone), lone)
     print("\n== summary (2 shared cores: upper bounds of every cost)")
     print(f"{'phase':<26}{'cameras/node':>14}{'cores/node':>12}{'cores total':>13}"
-          f"{'xacts/s':>9}{'xacts/s/node over lone':>24}{'events/s':>10}{'× 1 node':>10}")
+          f"{'xacts/s':>9}{'xacts/s/node over lone':>24}{'events/s':>10}{'× 1 node':>10}"
+          f"{'machine busy':>14}")
     for p in phases:
         per_node = (p.xacts_per_s - lone.xacts_per_s) / p.nodes
         cams = "/".join(str(c) for c in p.cameras.values())
         print(f"{p.label:<26}{cams:>14}{p.total_cores / p.nodes:>12.3f}{p.total_cores:>13.3f}"
               f"{p.xacts_per_s:>9.1f}{per_node:>24.1f}{p.events_per_s:>10,.0f}"
-              f"{p.events_per_s / one.events_per_s:>10.2f}")
+              f"{p.events_per_s / one.events_per_s:>10.2f}{100 * p.machine_busy:>13.0f}%")
     print("ratios to the lone node: CPU total "
           + ", ".join(f"{p.nodes} node(s) {p.total_cores / lone.total_cores:.2f}×"
                       for p in phases[1:])
@@ -504,7 +508,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="events per phase")
     parser.add_argument("--lease", type=float, default=5.0, help="cluster.lease_seconds")
     parser.add_argument("--interval", type=float, default=1.0, help="cluster.interval")
-    parser.add_argument("--window", type=float, default=20.0, help="quiet seconds measured")
+    parser.add_argument("--window", type=float, default=30.0, help="quiet seconds measured")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds after balance before the window")
     parser.add_argument("--nodes", type=int, action="append",
