@@ -406,7 +406,8 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
         await leases.start()
         node.spawn("cluster", leases.run())
         node.spawn("camera-status", CameraStatusPublisher(
-            node.store, node.cameras, leases, node.config.retention.snapshots).run())
+            node.store, node.cameras, leases, node.config.retention.snapshots,
+            node.metrics).run())
         try:
             yield
         finally:

@@ -18,7 +18,11 @@ In each phase, once every camera is held and the nodes are balanced:
 
 - cameras per node (their leases) and the CPU of each node's process tree over `--window`
   quiet seconds (no sensor traffic): cores per node, and per camera;
-- coordination: the database's committed transactions per second over that same window
+- coordination, counted by the nodes: `vigie_cluster_queries_total` from each node's
+  /metrics over the window, by part — `leases`, every statement on the lease protocol's
+  own connection (census, handovers, renewals, heartbeat, NOTIFY; BEGIN and COMMIT count),
+  and `camera_status`, the views and pictures published for the other nodes' API;
+- coordination, seen by the database: committed transactions per second over that window
   (`pg_stat_database.xact_commit` of the phase's own database: every statement vigie sends
   outside an explicit transaction is one). The phase's figure minus the lone node's is
   what running that many clustered nodes adds, since the cameras' own writes (history,
@@ -140,6 +144,7 @@ class NodeProcess:
     name: str
     config: Path
     log: Path
+    api: str
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -190,19 +195,36 @@ def sites(urls: list[str]) -> list[dict[str, Any]]:
 
 def write_config(path: Path, name: str, dsn: str, mqtt_port: int, prefix: str,
                  site_list: list[dict[str, Any]], clustered: bool, args: argparse.Namespace
-                 ) -> None:
+                 ) -> str:
+    """Write a node's configuration; its API's URL."""
+    port = free_port()
     raw = {
         "node": {"name": name, "data_dir": str(path.parent / name), "camera_workers": 1},
         "database": {"dsn": dsn, "pool_size": 4},
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "topic_prefix": prefix,
                  "client_id": f"vigie-{prefix}-{name}"},
-        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "api": {"listen": f"127.0.0.1:{port}"},
         "logging": {"level": "warning"},
         "cluster": {"enabled": clustered, "lease_seconds": args.lease,
                     "interval": args.interval},
         "sites": site_list,
     }
     path.write_text(yaml.safe_dump(raw))
+    return f"http://127.0.0.1:{port}"
+
+
+def coordination_queries(node: NodeProcess) -> dict[str, float]:
+    """vigie_cluster_queries_total of a node, by part (what it counts: vigie/metrics.py)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{node.api}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("vigie_cluster_queries_total{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('part="')[1].split('"')[0]] = float(value)
+    return out
 
 
 # --- the database's view -----------------------------------------------------------------------
@@ -290,6 +312,7 @@ class Phase:
     cores: dict[str, float] = field(default_factory=dict)  # node: cores over the window
     machine_busy: float = 0.0
     xacts_per_s: float = 0.0
+    queries: dict[str, dict[str, float]] = field(default_factory=dict)  # node: part: per s
     events_per_s: float = 0.0
     failovers: list[float] = field(default_factory=list)
 
@@ -322,9 +345,9 @@ class Bench:
         for i in range(count):
             name = f"vigie-{i}"
             path = self.workdir / f"{prefix}-{name}.yaml"
-            write_config(path, name, dsn, self.mqtt_port, prefix, self.sites, clustered,
-                         self.args)
-            nodes.append(NodeProcess(name, path, self.workdir / f"{prefix}-{name}.log"))
+            api = write_config(path, name, dsn, self.mqtt_port, prefix, self.sites,
+                               clustered, self.args)
+            nodes.append(NodeProcess(name, path, self.workdir / f"{prefix}-{name}.log", api))
         for node in nodes:
             node.start()
             self.running.append(node)
@@ -385,9 +408,15 @@ class Bench:
         pids = {n.name: n.pids() for n in nodes}
         cpu0 = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
         busy0, total0 = machine_busy()
+        q0 = ({n.name: await asyncio.to_thread(coordination_queries, n) for n in nodes}
+              if clustered else {})
         x0, t0 = await xact(conn), time.monotonic()
         await asyncio.sleep(self.args.window)
         x1, t1 = await xact(conn), time.monotonic()
+        for node in nodes if clustered else []:
+            q1 = await asyncio.to_thread(coordination_queries, node)
+            result.queries[node.name] = {part: (q1[part] - q0[node.name].get(part, 0.0)) /
+                                         (t1 - t0) for part in q1}
         busy1, total1 = machine_busy()
         for name, ps in pids.items():
             result.cores[name] = (sum(cpu_seconds(p) for p in ps) - cpu0[name]) / (t1 - t0)
@@ -401,8 +430,11 @@ class Bench:
             result.cameras[nodes[0].name] = await watched_by_lone(conn)
         for node in nodes:
             cams = result.cameras[node.name]
+            queries = ", ".join(f"{part} {rate:.1f}/s" for part, rate in
+                                sorted(result.queries.get(node.name, {}).items()))
             print(f"  {node.name}: {cams} cameras, {result.cores[node.name]:.3f} cores "
-                  f"({1000 * result.cores[node.name] / max(cams, 1):.1f} millicores/camera)")
+                  f"({1000 * result.cores[node.name] / max(cams, 1):.1f} millicores/camera)"
+                  + (f"; coordination statements: {queries}" if queries else ""))
         print(f"  transactions/s in the database: {result.xacts_per_s:.1f}; machine busy "
               f"{100 * result.machine_busy:.0f}% of {os.cpu_count()} cores", flush=True)
 
@@ -441,13 +473,15 @@ def summary(phases: list[Phase], args: argparse.Namespace, rtsp: tuple[bool, flo
     one = next((p for p in phases if p.nodes == 1 and p is not lone), lone)
     print("\n== summary (2 shared cores: upper bounds of every cost)")
     print(f"{'phase':<26}{'cameras/node':>14}{'cores/node':>12}{'cores total':>13}"
-          f"{'xacts/s':>9}{'xacts/s/node over lone':>24}{'events/s':>10}{'× 1 node':>10}"
-          f"{'machine busy':>14}")
+          f"{'xacts/s':>9}{'xacts/s/node over lone':>24}{'coord. stmts/s/node':>21}"
+          f"{'events/s':>10}{'× 1 node':>10}{'machine busy':>14}")
     for p in phases:
         per_node = (p.xacts_per_s - lone.xacts_per_s) / p.nodes
         cams = "/".join(str(c) for c in p.cameras.values())
+        stmts = (f"{sum(sum(q.values()) for q in p.queries.values()) / p.nodes:.1f}"
+                 if p.queries else "-")
         print(f"{p.label:<26}{cams:>14}{p.total_cores / p.nodes:>12.3f}{p.total_cores:>13.3f}"
-              f"{p.xacts_per_s:>9.1f}{per_node:>24.1f}{p.events_per_s:>10,.0f}"
+              f"{p.xacts_per_s:>9.1f}{per_node:>24.1f}{stmts:>21}{p.events_per_s:>10,.0f}"
               f"{p.events_per_s / one.events_per_s:>10.2f}{100 * p.machine_busy:>13.0f}%")
     print("ratios to the lone node: CPU total "
           + ", ".join(f"{p.nodes} node(s) {p.total_cores / lone.total_cores:.2f}×"

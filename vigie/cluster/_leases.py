@@ -329,6 +329,10 @@ class CameraLeases:
             self._dsn, timeout=self._timeout,
             server_settings={"application_name": f"vigie-cluster {self.name}"[:63],
                              "statement_timeout": str(int(self._timeout * 1000))})
+        # Every statement on this connection is the lease protocol's: counted, so that
+        # what coordination costs the database is a figure (tests/bench/cluster.py).
+        queries = self._metrics.cluster_queries.labels("leases")
+        conn.add_query_logger(lambda record: queries.inc())
         try:
             if not self._registered:
                 await self._register(conn)

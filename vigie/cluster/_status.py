@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigie.cluster._leases import DB_ERRORS, CameraLeases
+from vigie.metrics import Metrics
 from vigie.secrets import redact_text
 from vigie.store import Store
 from vigie.store import _cameras as cameras_q
@@ -44,8 +45,8 @@ _CONFIGURED = ("id", "site", "name", "zone", "url")
 
 class CameraStatusPublisher:
     def __init__(self, store: Store, cameras: CameraSupervisor, leases: CameraLeases,
-                 keep_images_for: float, *, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 keep_images_for: float, metrics: Metrics, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._cameras = cameras
         self._leases = leases
@@ -53,6 +54,7 @@ class CameraStatusPublisher:
         self._clock = clock
         self._published: dict[str, tuple[float, float]] = {}  # camera: (snapshot mtime, when)
         self._forgotten_at = -FORGET_EVERY
+        self._queries = metrics.cluster_queries.labels("camera_status")
 
     async def run(self) -> None:
         while True:
@@ -76,6 +78,8 @@ class CameraStatusPublisher:
             if self._clock() - self._forgotten_at >= FORGET_EVERY:
                 await cameras_q.forget_status(conn, self._keep_images_for)
                 self._forgotten_at = self._clock()
+                self._queries.inc(2)
+            self._queries.inc(bool(rows) + len(pictures))
             await cameras_q.publish_status(conn, self._leases.name, self._leases.incarnation,
                                            rows)
             for key, mtime, jpeg in pictures:
