@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,20 +102,43 @@ async def test_every_node_lists_every_camera_with_its_state_holder_and_picture(
         local = await api.get(n2, f"/api/v1/cameras/{SITE}/{cam}")
         assert local["node"] == "n2" and local["as_of"] is None
 
-        # Its picture, from n1: the one n2 published (n1 never read that stream).
-        async def published() -> bytes | None:
+        # Its picture, from n1, which never read that stream: asked of n2 through the
+        # database, written there by n2, served by n1.
+        async def picture() -> Any:
+            async with http.get(f"{n1.api_url}/api/v1/cameras/{SITE}/{cam}/snapshot",
+                                headers={"Authorization": f"Bearer {api.token}"}) as r:
+                return {"headers": r.headers, "body": await r.read()} if r.status == 200 else None
+
+        got = await _async_eventually(picture, timeout=30)
+        headers, body = got["headers"], got["body"]
+        assert headers["Content-Type"] == "image/jpeg" and "Last-Modified" in headers
+        conn = await asyncpg.connect(fresh_dsn)
+        try:
+            row = await conn.fetchrow("SELECT node, snapshot FROM camera_status "
+                                      "WHERE site = $1 AND camera = $2", SITE, cam)
+        finally:
+            await conn.close()
+        assert body[:2] == b"\xff\xd8" and body == bytes(row["snapshot"])
+        assert row["node"] == "n2"
+
+        # What n1 finds there is old: it asks n2 (NOTIFY), which writes its latest at once.
+        async def aged() -> Any:
             conn = await asyncpg.connect(fresh_dsn)
             try:
-                row = await conn.fetchrow("SELECT node, snapshot FROM camera_status "
-                                          "WHERE site = $1 AND camera = $2", SITE, cam)
+                return await conn.fetchval(
+                    "UPDATE camera_status SET snapshot_at = now() - interval '1 hour' "
+                    "WHERE site = $1 AND camera = $2 RETURNING snapshot_at", SITE, cam)
             finally:
                 await conn.close()
-            return bytes(row["snapshot"]) if row and row["snapshot"] else None
 
-        jpeg = await _async_eventually(published, timeout=40)
-        headers, body = await api.get(n1, f"/api/v1/cameras/{SITE}/{cam}/snapshot")
-        assert headers["Content-Type"] == "image/jpeg" and "Last-Modified" in headers
-        assert body[:2] == b"\xff\xd8" and body == jpeg
+        old = await aged()
+
+        async def fresh() -> Any:
+            got = await picture()
+            modified = got and parsedate_to_datetime(got["headers"]["Last-Modified"])
+            return got if modified and modified > old + timedelta(minutes=30) else None
+
+        assert (await _async_eventually(fresh, timeout=30))["body"][:2] == b"\xff\xd8"
 
         # A fault on that camera: every node lists it offline, watched by n2, at once (its
         # transition is newer than n2's last published view).

@@ -25,7 +25,7 @@ from vigie.api._auth import Principal
 from vigie.api._errors import ApiError
 from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraState
-from vigie.cluster import remote_view
+from vigie.cluster import latest_picture, remote_view
 from vigie.errors import StoreUnavailable
 from vigie.secrets import redact_url
 from vigie.store import _cameras as cameras_q
@@ -165,10 +165,9 @@ async def camera_snapshot(request: web.Request, ctx: ApiContext, p: Principal,
                           q: dict[str, Any]) -> web.Response:
     state = _camera(ctx, p, q)
     if not _watched_here(ctx, state):
-        # Its holder's latest published picture (at most a few tens of seconds old; see
-        # vigie.cluster._status for why not a proxy to the holder).
-        async with ctx.store.connection() as conn:
-            found = await cameras_q.status_snapshot(conn, state.site.id, state.camera.id)
+        # Its holder's latest picture, through the database (vigie.cluster._status says
+        # why not a proxy to the holder).
+        found = await latest_picture(ctx.store, state.site.id, state.camera.id)
         if found is None:
             raise ApiError(404, "not_found", "no snapshot yet")
         body, taken_at = found

@@ -94,6 +94,9 @@ class CameraLeases:
         self.members = 0
         self._conn: Any = None
         self._wake = asyncio.Event()
+        # Pictures other nodes asked for, of cameras this node judges (vigie.cluster._status).
+        self.pictures_wanted: set[str] = set()
+        self.picture_asked = asyncio.Event()
         self._next_renew = -1.0
         self._next_lost_check = 0.0
         self._client_id = config.mqtt_client_id
@@ -337,6 +340,7 @@ class CameraLeases:
             if not self._registered:
                 await self._register(conn)
             await conn.add_listener(sql.CHANNEL, self._heard)
+            await conn.add_listener(sql.PICTURE_CHANNEL, self._picture_asked)
         except BaseException:
             await conn.close()
             raise
@@ -381,6 +385,11 @@ class CameraLeases:
                         "orphaned MQTT sessions)", names, ids)
         else:
             log.warning("node(s) %s lost and not restarted under their name", names)
+
+    def _picture_asked(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload in self.judging:
+            self.pictures_wanted.add(payload)
+            self.picture_asked.set()
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload != str(self.incarnation):

@@ -20,6 +20,9 @@ __all__ = ["CHANNEL", "NodeRow", "list_nodes"]
 # Nodes tell each other to look now rather than at their next round (a handover step, a
 # release, a node joining). Only a hint: every round reads the tables anyway.
 CHANNEL = "vigie_cluster"
+# A node asks the holder of a camera for its latest picture (payload "<site>/<camera>"):
+# see vigie.cluster._status.
+PICTURE_CHANNEL = "vigie_picture"
 
 PREVIOUS = """
 SELECT incarnation, state, clustered, expires_at > now() AS live FROM nodes WHERE name = $1
