@@ -184,7 +184,10 @@ def remote_view(configured: dict[str, Any], row: dict[str, Any] | None) -> dict[
     view.update({k: v for k, v in published.items() if k in view})
     changed_at = row.get("changed_at")
     updated_at = row.get("updated_at")
-    if changed_at is not None and (updated_at is None or changed_at > updated_at):
+    # Both times are the holder's clock (a transition's time is the `since` of the state it
+    # starts): no node's clock is compared with the database's or another node's.
+    seen = published.get("since")
+    if changed_at is not None and (seen is None or changed_at > datetime.fromisoformat(seen)):
         view["state"] = row["state"]
         view["reasons"] = [] if row["state"] == "unknown" else sorted(row["reasons"] or ())
         view["since"] = changed_at.isoformat()
