@@ -407,7 +407,7 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
         node.spawn("cluster", leases.run())
         node.spawn("camera-status", CameraStatusPublisher(
             node.store, node.cameras, leases, node.config.retention.snapshots,
-            node.metrics).run())
+            node.metrics, node.config.node.data_dir).run())
         try:
             yield
         finally:

@@ -152,6 +152,11 @@ async def test_every_node_lists_every_camera_with_its_state_holder_and_picture(
                 listed = await api.get(node, "/api/v1/sites")
                 assert [s["camera_states"] for s in listed["items"]] == [
                     {"ok": CAMERAS - 1, "offline": 1}]
+            # n2 raised the alert with the camera's last picture, kept on n2's disk: n1
+            # serves it too (the copy n2 put in the database).
+            kept = await _async_eventually(lambda: _alert_picture(api, n1, cam), timeout=30)
+            assert kept["body"][:2] == b"\xff\xd8"
+            assert not (n1.config.node.data_dir / kept["path"]).exists()
         finally:
             rtsp_server.fault(secret_cameras[cam][0], "start")
         await _async_eventually(lambda: _listed_none(api, n1, "offline"), timeout=40)
@@ -177,6 +182,26 @@ async def test_a_departed_nodes_cameras_are_listed_under_their_new_holder(
         body = await api.get(n1, "/api/v1/cameras")
         assert {f"{c['site']}/{c['id']}" for c in body["items"] if c["node"] == "n1"} >= moved
         assert {c["node"] for c in body["items"]} == {"n1"}
+
+
+async def _alert_picture(api: Api, node: Node, cam: str) -> Any:
+    """The picture of the camera's open alert, served by `node` (None until there is one)."""
+    alerts = await api.get(node, f"/api/v1/alerts?state=open&site={SITE}")
+    pictures = [s for a in alerts["items"] if a["source"] == cam for s in a["snapshots"]]
+    if not pictures:
+        return None
+    async with api.http.get(f"{node.api_url}{pictures[0]['url']}",
+                            headers={"Authorization": f"Bearer {api.token}"}) as r:
+        if r.status != 200:
+            return None
+        body = await r.read()
+    conn = await asyncpg.connect(node.dsn)
+    try:
+        path = await conn.fetchval("SELECT path FROM snapshots WHERE id = $1",
+                                   pictures[0]["id"])
+    finally:
+        await conn.close()
+    return {"body": body, "path": path}
 
 
 async def _listed(api: Api, node: Node, state: str) -> Any:

@@ -188,7 +188,15 @@ async def get_snapshot(request: web.Request, ctx: ApiContext, p: Principal,
     if row is None or not p.sees(row["site"]):
         raise ApiError(404, "not_found", f"snapshot {q['snapshot_id']} not found")
     audit_site(request, row["site"])
-    return _jpeg(ctx.config.node.data_dir / row["path"])
+    path = ctx.config.node.data_dir / row["path"]
+    if ctx.leases is not None and not path.exists():
+        # Kept by another node (several nodes): the copy its holder put in the database.
+        async with ctx.store.connection() as conn:
+            data = await cameras_q.kept_copy(conn, row["id"])
+        if data is not None:
+            return web.Response(body=data, content_type="image/jpeg",
+                                headers={"Cache-Control": "no-store"})
+    return _jpeg(path)
 
 
 async def relearn_reference(request: web.Request, ctx: ApiContext, p: Principal,

@@ -45,6 +45,8 @@ SNAPSHOT_EVERY = 300.0  # seconds between two pictures of a camera nobody asked 
 ASK_AFTER = 10.0  # a published picture older than this: ask the holder (its own period)
 ASK_WAIT = 2.0  # how long a node waits for the holder's answer before showing what it has
 FORGET_EVERY = 3600.0  # rows of unconfigured cameras, pictures past their retention
+KEPT_WITHIN = 3600.0  # alerts' pictures copied to the database when kept this recently
+KEPT_PER_ROUND = 20
 # What the API's camera view holds that comes from the camera's configuration, not from
 # its holder: never published (the URL is a secret, even redacted it is config).
 _CONFIGURED = ("id", "site", "name", "zone", "url")
@@ -52,9 +54,10 @@ _CONFIGURED = ("id", "site", "name", "zone", "url")
 
 class CameraStatusPublisher:
     def __init__(self, store: Store, cameras: CameraSupervisor, leases: CameraLeases,
-                 keep_images_for: float, metrics: Metrics, *,
+                 keep_images_for: float, metrics: Metrics, data_dir: Path, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        self._data_dir = data_dir
         self._cameras = cameras
         self._leases = leases
         self._keep_images_for = keep_images_for
@@ -106,8 +109,30 @@ class CameraStatusPublisher:
             await cameras_q.publish_status(conn, self._leases.name, self._leases.incarnation,
                                            rows)
             await self._write_pictures(conn, pictures)
+            await self._copy_kept(conn, keys)
         for key in self._published.keys() - set(keys):
             del self._published[key]  # handed over: published afresh if it comes back
+
+    async def _copy_kept(self, conn: Any, cameras: list[str]) -> None:
+        """Pictures kept for alerts of the cameras this node judges (their files are on its
+        disk), copied to the database so that every node serves them."""
+        if not cameras:
+            return
+        waiting = await cameras_q.kept_without_copy(conn, cameras, KEPT_WITHIN, KEPT_PER_ROUND)
+        self._queries.inc()
+        if not waiting:
+            return
+        found = await asyncio.to_thread(self._read_kept, waiting)
+        for snapshot_id, data in found:
+            await cameras_q.copy_kept(conn, snapshot_id, data)
+        self._queries.inc(len(found))
+
+    def _read_kept(self, waiting: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
+        out = []
+        for snapshot_id, path in waiting:
+            with contextlib.suppress(OSError):
+                out.append((snapshot_id, (self._data_dir / path).read_bytes()))
+        return out
 
     async def _write_pictures(self, conn: Any, pictures: list[tuple[str, float, bytes]]
                               ) -> None:

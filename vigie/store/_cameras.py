@@ -11,11 +11,14 @@ __all__ = [
     "Transition",
     "availability",
     "cluster_states",
+    "copy_kept",
     "forget_status",
     "get_snapshot",
     "insert_samples",
     "insert_transitions",
     "keep_snapshot",
+    "kept_copy",
+    "kept_without_copy",
     "load_references",
     "publish_snapshot",
     "publish_status",
@@ -245,6 +248,31 @@ async def cluster_states(conn: Any, cameras: Sequence[tuple[str, str]]) -> dict[
            ) t ON true""",
         [site for site, _ in cameras], [camera for _, camera in cameras])
     return {(r["site"], r["camera"]): dict(r) for r in rows}
+
+
+async def kept_without_copy(conn: Any, cameras: Sequence[str], within: float, limit: int
+                            ) -> list[tuple[int, str]]:
+    """(id, path) of pictures of `cameras` ("<site>/<camera>") kept for alerts in the last
+    `within` seconds that have no copy in the database yet."""
+    if not cameras:
+        return []
+    rows = await conn.fetch(
+        """SELECT s.id, s.path FROM snapshots s
+           WHERE s.kind = 'kept' AND s.taken_at > now() - make_interval(secs => $2)
+             AND s.site || '/' || s.camera = ANY($1::text[])
+             AND NOT EXISTS (SELECT 1 FROM snapshot_images i WHERE i.id = s.id)
+           ORDER BY s.id LIMIT $3""", list(cameras), within, limit)
+    return [(r["id"], r["path"]) for r in rows]
+
+
+async def copy_kept(conn: Any, snapshot_id: int, data: bytes) -> None:
+    await conn.execute("INSERT INTO snapshot_images (id, data) VALUES ($1, $2) "
+                       "ON CONFLICT DO NOTHING", snapshot_id, data)
+
+
+async def kept_copy(conn: Any, snapshot_id: int) -> bytes | None:
+    data = await conn.fetchval("SELECT data FROM snapshot_images WHERE id = $1", snapshot_id)
+    return bytes(data) if data is not None else None
 
 
 async def status_snapshot(conn: Any, site: str, camera: str) -> tuple[bytes, datetime] | None:

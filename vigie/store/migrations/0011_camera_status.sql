@@ -12,3 +12,11 @@ CREATE TABLE camera_status (
     snapshot_at timestamptz,
     PRIMARY KEY (site, camera)
 ) WITH (fillfactor = 70);                  -- views are rewritten in place: room for HOT updates
+
+-- Pictures kept for alerts are files on the disk of the node that watched the camera at the
+-- time; a copy here lets every node serve them (GET /api/v1/snapshots/{id}). Few (one per
+-- alert), and deleted with their row by the retention job.
+CREATE TABLE snapshot_images (
+    id   bigint PRIMARY KEY REFERENCES snapshots (id) ON DELETE CASCADE,
+    data bytea NOT NULL
+);
