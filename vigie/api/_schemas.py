@@ -122,6 +122,14 @@ SCHEMAS: dict[str, Any] = {
                       "description": "its worker is late or restarting: last known state"},
             "last_report_at": _TS_NULL,
             "reference": {"$ref": "#/components/schemas/ReferenceState"},
+            "node": {"type": "string", "nullable": True,
+                     "description": "several nodes: the node that watches the camera (null: "
+                                    "none holds its lease now)"},
+            "as_of": {**_TS_NULL, "description": "several nodes: null when the answering "
+                      "node watches the camera (live); else when its holder published the "
+                      "figures shown"},
+            "snapshot_at": {**_TS_NULL, "description": "several nodes, a camera watched "
+                            "elsewhere: when its published picture was taken"},
             "availability": {"type": "object", "properties": {
                 "24h": {"type": "number", "nullable": True},
                 "7d": {"type": "number", "nullable": True}}},
