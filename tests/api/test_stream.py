@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 import logging
 import os
 import socket
@@ -25,7 +26,10 @@ import pytest
 from tests.api.test_api import OpenApi
 from tests.conftest import SITES, eventually, make_config
 from vigie.alerts import Raise
+from vigie.alerts._feed import Feed
 from vigie.app import Node, running_node
+from vigie.metrics import Metrics
+from vigie.store import Store
 from vigie.store._alerts import AlertOccurrence
 from vigie.store._tokens import create_token, revoke_token
 
@@ -383,13 +387,16 @@ async def test_a_change_made_on_one_node_reaches_the_clients_of_another(
             alert = await raise_alert(a, PASTEUR)
             await post(http, a, token, f"/api/v1/alerts/{alert}/ack", {})
             await post(http, b, token, f"/api/v1/alerts/{alert}/comments", {"comment": "vu"})
+            # Each node writes its changes a moment after the call that made them returns:
+            # what the other node writes meanwhile may come first. Here the three come first.
+            from_b, from_a = await on_b.take(3), await on_a.take(3)
+            assert [m["type"] for m in from_b] == [
+                "alert.opened", "alert.acknowledged", "alert.commented"]
             for i in range(20):  # both nodes write at once
                 camera(a, JM, f"a-{i}")
                 camera(b, PASTEUR, f"b-{i}")
-            from_b = await on_b.take(43)
-            from_a = await on_a.take(43)
-        assert [m["type"] for m in from_b[:3]] == [
-            "alert.opened", "alert.acknowledged", "alert.commented"]
+            from_b += await on_b.take(40)
+            from_a += await on_a.take(40)
         assert from_b[1]["actor"] == "olivier"
         assert from_a == from_b, "every node sends the same messages in the same order"
         async with a.store.connection() as conn:
@@ -580,3 +587,37 @@ async def test_a_node_that_missed_trimmed_changes_sends_its_clients_to_resume(
     async with stream(http, node, token, since=before["seq"]) as again:
         gap = await again.next()
         assert (gap["type"], gap["reason"], gap["since_min"]) == ("feed.gap", "trimmed", newest)
+
+
+# --- the writer's own node dispatches what it wrote ------------------------------------------
+
+
+async def test_the_writing_node_dispatches_its_changes_after_what_others_wrote_before(
+    store: Store,
+) -> None:
+    """A node's own changes reach its clients when its write commits (no notification
+    round trip), but never ahead of changes another node committed earlier and this node
+    has not read yet: seq order holds on every node."""
+    feed = Feed(store, Metrics("a"), "unused: this feed does not follow")
+    await feed.start()
+    subscription = feed.subscribe(None)
+    # Written here, nothing unread before it: dispatched as the write commits.
+    feed.camera_state(JM, "own-1", "offline", ["offline"], datetime.now(UTC))
+    await feed._write_some()
+    first = subscription._queue.popleft()
+    assert json.loads(first.wire)["camera"]["id"] == "own-1" and feed.head == first.seq
+    # Another node writes; this node has not read it when it writes again itself.
+    other = Feed(store, Metrics("b"), "unused")
+    other.camera_state(PASTEUR, "other", "ok", [], datetime.now(UTC))
+    await other._write_some()
+    feed.camera_state(JM, "own-2", "offline", ["offline"], datetime.now(UTC))
+    await feed._write_some()
+    assert not subscription._queue, "own-2 must wait for the other node's change"
+    async with store.connection() as conn:
+        await feed._catch_up(conn)  # what the follower does on the notification
+    names = [json.loads(m.wire)["camera"]["id"] for m in subscription._queue]
+    assert names == ["other", "own-2"]
+    assert [m.seq for m in subscription._queue] == [first.seq + 1, first.seq + 2]
+    async with store.connection() as conn:
+        await feed._catch_up(conn)  # read again: nothing twice
+    assert len(subscription._queue) == 2

@@ -15,7 +15,13 @@ from vigie.api._auth import Principal, client_address, forwarded_https
 from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
-from vigie.api._spec import Endpoint, audit_site, openapi_document, parse_params
+from vigie.api._spec import (
+    Endpoint,
+    audit_details,
+    audit_site,
+    openapi_document,
+    parse_params,
+)
 from vigie.errors import VigieError
 from vigie.logs import REQUEST_ID
 from vigie.store import _audit as audit
@@ -126,7 +132,8 @@ async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
                                target=request.path, site=site,
                                remote=client_address(request, ctx.config.api.trusted_proxies),
                                outcome=str(status),
-                               details={"role": principal.role} if principal else {})
+                               details={**audit_details(request),
+                                        **({"role": principal.role} if principal else {})})
     except VigieError as exc:
         log.warning("audit entry not written (%s %s by %s): %s", ep.method, request.path,
                     actor, exc)
