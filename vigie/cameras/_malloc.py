@@ -49,9 +49,10 @@ def limit_arenas(count: int) -> None:
 
     glibc gives a thread an arena of its own until there are eight per core: 16 on two
     cores, each holding freed FFmpeg and picture buffers that the other threads cannot reuse.
+    Measured with 50 cameras per worker (and their keyframes decoded in one thread): 2
+    arenas instead of 15, 140-145 MB of RSS per worker instead of 165-185, no more CPU.
     To be called before the camera threads start: glibc fixes its limit when it first needs
     more arenas than its default test allows (8), which a worker's imports never reach.
     """
     if _LIBC is not None:
         _LIBC.mallopt(_M_ARENA_MAX, count)
-

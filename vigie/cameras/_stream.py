@@ -184,11 +184,11 @@ class StreamWatcher:
             "fflags": "nobuffer",
         }
         # PyAV's own timeout for the opening only (the handshake and the probe as a whole, a
-        # server that trickles bytes included), none for the reads: its interrupt callback
-        # takes the GIL at each of the several checks FFmpeg makes per RTP packet, hundreds a
-        # second per stream, and with tens of camera threads per worker that convoy on the GIL
-        # cost more CPU than reading the streams (measured: see tests/bench/cameras.py). With
-        # no read timeout set, the callback returns before taking the GIL.
+        # server that trickles bytes included), none for the reads, which the socket timeout
+        # above bounds: PyAV's interrupt callback takes the GIL at every check FFmpeg makes
+        # while it reads, several per RTP packet, hundreds a second per stream, each one a
+        # GIL hand-over between the tens of camera threads of a worker. With no read timeout
+        # set, the callback returns before taking the GIL.
         return av.open(self.spec.url, options=options, timeout=(CONNECT_TIMEOUT, None))
 
     def _watch(self) -> None:
