@@ -682,8 +682,9 @@ def summary(runs: list[Run], alive: bool, code: int | None) -> None:
                   + (f"{row.vigie_shared / n * 100:>6.3f}% {row.ffmpeg_shared / n * 100:>6.3f}% "
                      f"{row.ratio:>7.2f} " if shared else f"{'-':>7} {'-':>7} {'-':>7} ")
                   + f"{memory:>29} {age:>7} {age_max:>5} {offline:>7} "
-                  f"{row.busy_alone * 100:>3.0f}%/{row.busy_shared * 100:>3.0f}% "
-                  f"{row.load:>15}")
+                  f"{row.busy_alone * 100:>3.0f}%/"
+                  + (f"{row.busy_shared * 100:>3.0f}% " if shared else "  - ")
+                  + f"{row.load:>15}")
     print("  vigie alone: node + workers, no ffmpeg running; vigie and ffmpeg: the same "
           "window, both running; busy: the machine's cores, alone / shared")
     print("  per added camera: (node at N − node at the base count) / (N − base); PSS is "
