@@ -61,7 +61,9 @@ log = logging.getLogger("vigie")
 # Of the shutdown budget, what is kept for the steps after the ingest drain (cameras, feed,
 # database): the drain gets the rest.
 AFTER_DRAIN = 0.4
-RETRY_MIN, RETRY_MAX = 0.25, 5.0  # seconds between attempts at a database away at start
+# Seconds between attempts at a database away at start: one connection attempt is cheap,
+# and the node is not ready until it gets through.
+RETRY_MIN, RETRY_MAX = 0.25, 2.0
 
 
 @dataclass
@@ -213,6 +215,7 @@ async def _open_when_reachable(node: Node) -> None:
         except VigieError as exc:  # each part also retries by itself
             log.warning("deferred start-up step failed: %s", exc)
     node.deferred.clear()
+    node.tasks.pop("db-start", None)  # done, not dead: /readyz must not call it stopped
 
 
 async def _now_or_later(node: Node, step: Callable[[], Awaitable[object]]) -> None:
@@ -268,6 +271,8 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
         heartbeat.carry_silent(await _seed_last_seen(node.store, writer.last_seen))
 
     await _now_or_later(node, seed)
+    if node.store.pending:
+        node.deferred.append(writer.retry_soon)
     node.spawn("ingest-writer", writer.run())
     if heartbeat.enabled and config.cluster.enabled:
         # Each node stores only its share of the events: one node at a time watches for

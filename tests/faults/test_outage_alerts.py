@@ -21,8 +21,7 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.clients import FeedClient, WebhookSink
-from tests.faults.common import SITE, mixed_load, new_token, query, site, stored_numbers, \
-    wait_until
+from tests.faults.common import SITE, mixed_load, new_token, query, site, stored_numbers, wait_until
 from tests.faults.conftest import record
 from tests.faults.harness import LoadPublisher, PgCluster, VigieProcess, write_config
 

@@ -325,6 +325,13 @@ class IngestWriter:
             log.error("unexpected error writing messages, retrying in %.1fs",
                       self._delay, exc_info=exc)
 
+    async def retry_soon(self) -> None:
+        """The database is known to answer again: the next batch tries it at once, not
+        after the backoff grown during the outage."""
+        self._retry_at = time.monotonic()
+        self._delay = RETRY_MIN
+        self.inbox.wake()  # waiting for that backoff to end: replay the spool now
+
     def _succeeded(self) -> None:
         if self._outage:
             log.info("database reachable again: writing (%d message(s) spooled meanwhile)",
