@@ -49,7 +49,7 @@ from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
-from vigie.spool import Spool
+from vigie.spool import AuditSpool, Spool
 from vigie.store import Store
 from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
@@ -506,11 +506,17 @@ async def _correlation(node: Node) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
+    audit: AuditSpool | None = None
+    if config.spool.enabled:  # audit entries of calls made while the database is away
+        audit = await AuditSpool.open(config.node.data_dir / "spool-audit", node.store,
+                                      config.node.name)
+        node.metrics.queue_length.labels("audit_spool").set_function(lambda: audit.pending)
+        node.spawn("audit-spool", audit.run())
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
                      auth=Authenticator(node.store, config.api.auth_failures_per_minute),
                      schedule=node.schedule or Schedule(()),
                      readiness=node.readiness, clock=node.clock, cameras=node.cameras,
-                     feed=node.feed)
+                     feed=node.feed, audit_spool=audit)
     app = make_api(ctx)
     install_stream(app, node.feed)
     install_console(app)
@@ -527,6 +533,9 @@ async def _api(node: Node) -> AsyncIterator[None]:
         yield
     finally:
         await runner.cleanup()
+        if audit is not None:  # what waits stays on disk for the next start
+            await node.stop("audit-spool", budget=1.0)
+            await audit.close()
 
 
 @asynccontextmanager

@@ -6,7 +6,8 @@ the outage the intrusion's alert is in the open alerts (from memory) and reaches
 client within seconds; its repeats fold into its count. Once the database is back, the
 replay stores it exactly once, with the id the client was shown, the event's own time as
 `opened_at` and the right count; the live client is not told `alert.opened` a second time
-for any alert, and the notifier sends the opening once.
+for any alert, and the notifier sends the opening once. An operator's action refused during
+the outage is audited with its own time.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def test_an_intrusion_during_an_outage_is_raised_at_once_and_stored_once(
                                   for a in r["items"]) and r, 10, "its repeats counted")
         assert body["from_memory"] is True
         assert max(m["alert"]["count"] for m in feed.about(intrusion)) == 3
+        # An operator's action cannot be done without the database, but it is audited.
+        status, refused = vigie.get(f"/api/v1/alerts/{intrusion}/ack", token, method="POST")
+        assert status == 503 and refused["error"]["code"] == "database_unavailable"
         assert vigie.get("/readyz")[0] == 503  # all of it with the database still away
         restarted_at = datetime.now(UTC)
         pg_cluster.start()
@@ -122,6 +126,9 @@ def test_an_intrusion_during_an_outage_is_raised_at_once_and_stored_once(
                         f"{SITE}/centrale/intrusion")
         feed_rows = query(cluster_dsn, "SELECT type FROM feed WHERE payload->'alert'->>'id' = $1",
                           intrusion)
+        audited = wait_until(lambda: query(
+            cluster_dsn, "SELECT at, outcome, actor FROM audit_log WHERE target = $1",
+            f"/api/v1/alerts/{intrusion}/ack"), 30, "the refused action audited")
         time.sleep(2)  # a second notification would come now, if one were due
         notified = sink.about(intrusion)
     finally:
@@ -145,6 +152,9 @@ def test_an_intrusion_during_an_outage_is_raised_at_once_and_stored_once(
     assert client_openings[intrusion] == 1
     twice = {a: n for a, n in client_openings.items() if n > 1}
     assert not twice, f"alerts told opened more than once on the live feed: {twice}"
+    # The refused action, audited with the time it was made.
+    assert [(a["outcome"], a["actor"]) for a in audited] == [("503", "operator-faults")]
+    assert stopped_at < audited[0]["at"] < restarted_at
     # And the load around it: nothing lost, nothing twice.
     missing = acked - set(numbers)
     duplicated = {n: c for n, c in numbers.items() if c > 1}
