@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 import logging
 import os
 import socket
@@ -25,7 +26,10 @@ import pytest
 from tests.api.test_api import OpenApi
 from tests.conftest import SITES, eventually, make_config
 from vigie.alerts import Raise
+from vigie.alerts._feed import Feed
 from vigie.app import Node, running_node
+from vigie.metrics import Metrics
+from vigie.store import Store
 from vigie.store._alerts import AlertOccurrence
 from vigie.store._tokens import create_token, revoke_token
 
@@ -580,3 +584,37 @@ async def test_a_node_that_missed_trimmed_changes_sends_its_clients_to_resume(
     async with stream(http, node, token, since=before["seq"]) as again:
         gap = await again.next()
         assert (gap["type"], gap["reason"], gap["since_min"]) == ("feed.gap", "trimmed", newest)
+
+
+# --- the writer's own node dispatches what it wrote ------------------------------------------
+
+
+async def test_the_writing_node_dispatches_its_changes_after_what_others_wrote_before(
+    store: Store,
+) -> None:
+    """A node's own changes reach its clients when its write commits (no notification
+    round trip), but never ahead of changes another node committed earlier and this node
+    has not read yet: seq order holds on every node."""
+    feed = Feed(store, Metrics("a"), "unused: this feed does not follow")
+    await feed.start()
+    subscription = feed.subscribe(None)
+    # Written here, nothing unread before it: dispatched as the write commits.
+    feed.camera_state(JM, "own-1", "offline", ["offline"], datetime.now(UTC))
+    await feed._write_some()
+    first = subscription._queue.popleft()
+    assert json.loads(first.wire)["camera"]["id"] == "own-1" and feed.head == first.seq
+    # Another node writes; this node has not read it when it writes again itself.
+    other = Feed(store, Metrics("b"), "unused")
+    other.camera_state(PASTEUR, "other", "ok", [], datetime.now(UTC))
+    await other._write_some()
+    feed.camera_state(JM, "own-2", "offline", ["offline"], datetime.now(UTC))
+    await feed._write_some()
+    assert not subscription._queue, "own-2 must wait for the other node's change"
+    async with store.connection() as conn:
+        await feed._catch_up(conn)  # what the follower does on the notification
+    names = [json.loads(m.wire)["camera"]["id"] for m in subscription._queue]
+    assert names == ["other", "own-2"]
+    assert [m.seq for m in subscription._queue] == [first.seq + 1, first.seq + 2]
+    async with store.connection() as conn:
+        await feed._catch_up(conn)  # read again: nothing twice
+    assert len(subscription._queue) == 2

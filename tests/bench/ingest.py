@@ -33,8 +33,10 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import paho.mqtt.client as paho
+import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 PG_ADMIN = os.environ.get("VIGIE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -103,9 +105,10 @@ def publish_all(port: int, messages: list[tuple[str, bytes]], ready: mp.Event | 
 
 def bare_subscriber(port: int, prefix: str, n: int, client_id: str, ready: mp.Event,
                     done: mp.Value, first: mp.Value | None = None,
-                    connect_only: bool = False) -> None:
+                    connect_only: bool = False, cpu: mp.Value | None = None) -> None:
     """The baseline: paho, QoS 1, acknowledging each message as soon as it arrives."""
     received = 0
+    cpu_at_first = 0.0
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=paho.MQTTv5)
     finished = mp.Event()
@@ -117,13 +120,16 @@ def bare_subscriber(port: int, prefix: str, n: int, client_id: str, ready: mp.Ev
         ready.set()
 
     def on_message(c, u, msg):
-        nonlocal received
+        nonlocal received, cpu_at_first
         json.loads(msg.payload)  # the least a real consumer does
         received += 1
         if received == 1 and first is not None:
             first.value = time.time()
+            cpu_at_first = time.process_time()
         if received == n:
             done.value = time.time()
+            if cpu is not None:
+                cpu.value = time.process_time() - cpu_at_first
             finished.set()
 
     from paho.mqtt.packettypes import PacketTypes
@@ -146,13 +152,13 @@ def bare_subscriber(port: int, prefix: str, n: int, client_id: str, ready: mp.Ev
 
 
 def write_config(path: Path, dsn: str, port: int, prefix: str, sites: int, sensors: int,
-                 client_id: str) -> None:
+                 client_id: str, api_port: int) -> None:
     lines = [
         "node: {name: bench, data_dir: " + str(path.parent / "var") + "}",
         f"database: {{dsn: \"{dsn}\"}}",
         f"mqtt: {{url: \"mqtt://127.0.0.1:{port}\", topic_prefix: {prefix}, "
         f"client_id: {client_id}}}",
-        "api: {listen: \"127.0.0.1:0\"}",
+        f"api: {{listen: \"127.0.0.1:{api_port}\"}}",
         "logging: {level: warning}",
         "sites:",
     ]
@@ -205,10 +211,12 @@ async def wait_sql(dsn: str, sql: str, timeout: float = 60) -> None:
     raise TimeoutError(sql)
 
 
-def run_bare(port: int, messages: list[tuple[str, bytes]], prefix: str, backlog: bool) -> float:
+def run_bare(port: int, messages: list[tuple[str, bytes]], prefix: str, backlog: bool
+             ) -> tuple[float, float]:
+    """(messages per second, CPU seconds per message: backlog mode only, else 0)."""
     ctx = mp.get_context("spawn")
     ready, done, t0 = ctx.Event(), ctx.Value("d", 0.0), ctx.Value("d", 0.0)
-    first = ctx.Value("d", 0.0)
+    first, cpu = ctx.Value("d", 0.0), ctx.Value("d", 0.0)
     cid = f"bench-bare-{uuid.uuid4().hex[:8]}"
     if backlog:
         p = ctx.Process(target=bare_subscriber, args=(port, prefix, len(messages), cid, ready,
@@ -218,24 +226,27 @@ def run_bare(port: int, messages: list[tuple[str, bytes]], prefix: str, backlog:
         publish_all(port, messages, None, None)
         ready = ctx.Event()
         sub = ctx.Process(target=bare_subscriber, args=(port, prefix, len(messages), cid, ready,
-                                                        done, first))
+                                                        done, first, False, cpu))
         sub.start()
         sub.join(600)
-        return len(messages) / (done.value - first.value)
+        return len(messages) / (done.value - first.value), cpu.value / len(messages)
     sub = ctx.Process(target=bare_subscriber, args=(port, prefix, len(messages), cid, ready, done))
     sub.start()
     pub = ctx.Process(target=publish_all, args=(port, messages, ready, t0))
     pub.start()
     pub.join()
     sub.join(600)
-    return len(messages) / (done.value - t0.value)
+    return len(messages) / (done.value - t0.value), 0.0
 
 
 async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, dsn: str,
-                    workdir: Path, sites: int, sensors: int, backlog: bool) -> tuple[float, int]:
+                    workdir: Path, sites: int, sensors: int, backlog: bool
+                    ) -> tuple[float, int, float]:
+    """(messages per second, rows, CPU seconds of the node per message: backlog mode only)."""
     cid = f"bench-vigie-{uuid.uuid4().hex[:8]}"
     config = workdir / f"vigie-{cid}.yaml"
-    write_config(config, dsn, port, prefix, sites, sensors, cid)
+    api_port = free_port()
+    write_config(config, dsn, port, prefix, sites, sensors, cid, api_port)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "vigie", "run", "--config", str(config)]
     # VIGIE_BENCH_PROFILE=/tmp/vigie.prof: py-spy samples the node (collapsed stacks).
@@ -261,6 +272,9 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
         proc.wait(30)
         publish_all(port, messages, None, None)
         proc = start()
+        # The node's CPU from its first stored row (its start-up, imports and migrations
+        # checked, is not ingest) to the last.
+        cpu_from, pg_from = await first_row_cpu(dsn, psutil.Process(proc.pid))
     else:
         ready, t0 = ctx.Event(), ctx.Value("d", 0.0)
         ready.set()
@@ -268,7 +282,11 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
         pub.start()
     before = 0
     finished = await wait_rows(dsn, before + len(messages), timeout=900)
+    cpu = pg_cpu = 0.0
     if backlog:
+        times = psutil.Process(proc.pid).cpu_times()
+        cpu = (times.user + times.system - cpu_from) / len(messages)
+        pg_cpu = (await backends_cpu(dsn) - pg_from) / len(messages)
         conn = await asyncpg.connect(dsn)
         started = float(await conn.fetchval("SELECT extract(epoch FROM min(received_at)) "
                                             "FROM events"))
@@ -278,11 +296,69 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
         started = t0.value
     await asyncio.sleep(1.0)  # anything beyond N would be a duplicate
     rows = await count_rows(dsn)
+    print_write_figures(await scrape(api_port))
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     for spy in spies:
         spy.wait(30)
-    return len(messages) / (finished - started), rows
+    return len(messages) / (finished - started), rows, cpu, pg_cpu
+
+
+async def scrape(port: int) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()
+
+
+def print_write_figures(metrics: str) -> None:
+    """What the node's writer did: transactions, their mean size and time."""
+    values = {}
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("vigie_db_write_seconds_sum", "vigie_db_write_seconds_count",
+                    "vigie_db_write_batch_size_sum"):
+            values[name] = float(value)
+    n = values.get("vigie_db_write_seconds_count", 0)
+    if n:
+        print(f"    node: {n:.0f} write transactions, mean "
+              f"{values.get('vigie_db_write_batch_size_sum', 0) / n:.0f} messages, mean "
+              f"{values['vigie_db_write_seconds_sum'] / n * 1000:.1f} ms each "
+              f"(this node's last start only)")
+
+
+async def first_row_cpu(dsn: str, proc: psutil.Process) -> tuple[float, float]:
+    """The node's CPU seconds so far, and its PostgreSQL backends', read as its first
+    event row appears."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM events)"):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        times = proc.cpu_times()
+        return float(times.user + times.system), await backends_cpu(dsn, conn)
+    finally:
+        await conn.close()
+
+
+_BACKENDS: dict[int, float] = {}  # pid: CPU seconds last read (a backend may end meanwhile)
+
+
+async def backends_cpu(dsn: str, conn: asyncpg.Connection | None = None) -> float:
+    """CPU seconds used so far by the PostgreSQL backends serving the node's database (the
+    server runs on this machine): its share of the ingest work."""
+    own = conn or await asyncpg.connect(dsn)
+    try:
+        pids = [r[0] for r in await own.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")]
+    finally:
+        if conn is None:
+            await own.close()
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        _BACKENDS[pid] = t.user + t.system
+    return sum(_BACKENDS.values())
 
 
 async def fresh_database() -> str:
@@ -315,13 +391,13 @@ async def main() -> None:
                 backlog = mode == "backlog"
                 prefix = f"b{uuid.uuid4().hex[:6]}"
                 messages = payloads(args.events, args.sites, args.sensors, prefix)
-                bare = run_bare(port, messages, prefix, backlog)
+                bare, bare_cpu = run_bare(port, messages, prefix, backlog)
                 name = await fresh_database()
                 dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
                 try:
                     prefix2 = f"v{uuid.uuid4().hex[:6]}"
                     messages = payloads(args.events, args.sites, args.sensors, prefix2)
-                    rate, rows = await run_vigie(port, messages, prefix2, dsn, workdir,
+                    rate, rows, cpu, pg_cpu = await run_vigie(port, messages, prefix2, dsn, workdir,
                                                  args.sites, args.sensors, backlog)
                 finally:
                     await drop_database(name)
@@ -330,6 +406,11 @@ async def main() -> None:
                 print(f"[{mode}] N={args.events}: bare paho subscriber {bare:,.0f} msg/s; "
                       f"vigie publish→durable row {rate:,.0f} msg/s; ratio {ratio:.2f} "
                       f"(target ≥ 0.6); rows {rows} ({verdict})")
+                if backlog:  # CPU time: a figure the machine's other load barely moves
+                    print(f"[{mode}] CPU per message: bare {bare_cpu * 1e6:.1f} µs, vigie "
+                          f"{cpu * 1e6:.1f} µs (its process) + {pg_cpu * 1e6:.1f} µs "
+                          f"(its PostgreSQL backends); bare/vigie process "
+                          f"{bare_cpu / cpu:.2f}")
         finally:
             broker.terminate()
             broker.wait()

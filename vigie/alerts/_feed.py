@@ -63,6 +63,7 @@ _LOCK = ("SET LOCAL lock_timeout = '5s'; "
          # A writer that hangs inside its transaction must not hold every node's feed.
          "SET LOCAL idle_in_transaction_session_timeout = '10s'; "
          f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+# Returns the rows as the followers read them (the writer's node dispatches them itself).
 _INSERT = f"""
     WITH added AS (
         INSERT INTO feed (at, type, site, payload)
@@ -70,8 +71,10 @@ _INSERT = f"""
         FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[])
              WITH ORDINALITY AS u(at, type, site, payload, n)
         ORDER BY n
-        RETURNING seq)
-    SELECT pg_notify('{CHANNEL}', max(seq)::text) FROM added"""
+        RETURNING {_COLUMNS}
+    ), notified AS (
+        SELECT pg_notify('{CHANNEL}', max(seq)::text) FROM added)
+    SELECT added.* FROM added, notified ORDER BY seq"""
 _TRIM = """
     WITH cut AS (
         SELECT greatest(
@@ -418,8 +421,16 @@ class Feed:
             return
         async with self._store.transaction() as conn:
             await conn.execute(_LOCK)
-            await conn.execute(_INSERT, [c.at for c in changes], [c.type for c in changes],
-                               [c.site for c in changes], [c.payload for c in changes])
+            rows = await conn.fetch(_INSERT, [c.at for c in changes],
+                                    [c.type for c in changes], [c.site for c in changes],
+                                    [c.payload for c in changes])
+        # Committed. This node's clients get them now, not after the notification's round
+        # trip and a read: when nothing committed before them is still unread here (the
+        # advisory lock makes seq order commit order), they are next in line. Otherwise
+        # the follower reads them in order, with what comes before.
+        if rows and rows[0]["seq"] == self.head + 1:
+            for row in rows:
+                self._dispatch(FeedMessage.from_row(row))
 
     async def _follow_forever(self) -> None:
         delay = RETRY_MIN
@@ -486,6 +497,8 @@ class Feed:
             self.close_subscriptions(LAGGED)
 
     def _dispatch(self, message: FeedMessage) -> None:
+        if message.seq <= self.head:
+            return  # dispatched already, by the writer or by an earlier read
         behind = [s for s in self._subscriptions if not s.offer(message)]
         if behind:
             self._subscriptions.difference_update(behind)

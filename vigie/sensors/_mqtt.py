@@ -1,10 +1,12 @@
 """The MQTT subscriber: paho's protocol engine driven by the event loop.
 
-paho reads and decodes packets when the socket is readable (no network thread: a second
-busy thread would contend with the writer for the GIL, which was measured to cost more than
-the decoding itself). Each message is decoded and put in the inbox; the writer stores a
-batch, then acknowledges it (`ack_many`): with `manual_ack`, an event the broker considers
-delivered is always in the database.
+The socket is read on the event loop when it is readable (no network thread: a second busy
+thread would contend with the writer for the GIL, which was measured to cost more than the
+decoding itself), in large chunks into a buffer. PUBLISH packets of QoS 0 and 1 are framed
+and decoded here (`_framing`); every other packet (CONNACK, SUBACK, PINGRESP, QoS 2 flows)
+goes whole to paho's protocol engine, which reads it from the same buffer. Each message is
+decoded and put in the inbox; the writer stores a batch, then acknowledges it (`ack_many`):
+with `manual_ack`, an event the broker considers delivered is always in the database.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from vigie.errors import IngestError
 from vigie.events import DeviceStatus, SensorEvent
 from vigie.metrics import Metrics
 from vigie.sensors._decode import TopicRouter
+from vigie.sensors._framing import PUBLISH, Publish, decode_publish, frame
 from vigie.sensors._inbox import Inbox
 from vigie.store._events import DeadLetter
 
@@ -43,9 +46,9 @@ __all__ = ["MqttSubscriber", "Received"]
 log = logging.getLogger("vigie.sensors")
 
 _PUBACK = struct.Struct("!BBH")  # type, remaining length (2), packet id
-# Packets handled per readable event: enough to amortise the wake-up, small enough to let
-# the writer and the API run in between.
-_PACKETS_PER_READ = 256
+# Bytes read per readable event: a few hundred messages, enough to amortise the wake-up,
+# few enough that handling them (milliseconds) lets the writer and the API run in between.
+_READ_SIZE = 32_768
 CONNECT_TIMEOUT = 5.0
 RECENTLY_ACKED = 4_000  # messages remembered after their ack (see `_same_as_before`)
 
@@ -96,6 +99,11 @@ class MqttSubscriber:
         self._accepted = asyncio.Event()  # CONNACK received on the current connection
         self._lost = asyncio.Event()
         self._sock: Any = None
+        # Read from the socket, not yet handled: whole packets, then perhaps part of one.
+        self._buf = bytearray()
+        self._pos = 0
+        self._read_error: OSError | None = None  # the connection failed after what is read
+        self._eof = False
         self._paused = False
         self._stopping = False
         self._held = False
@@ -128,6 +136,8 @@ class MqttSubscriber:
         self._client.on_socket_close = self._on_socket_close
         self._client.on_socket_register_write = self._on_register_write
         self._client.on_socket_unregister_write = self._on_unregister_write
+        # paho reads its packets from our buffer (see `_readable`).
+        self._client._sock_recv = self._buffered_recv  # type: ignore[method-assign,assignment]
         inbox.on_room = self._resume
 
     @property
@@ -286,17 +296,97 @@ class MqttSubscriber:
         if self._held:
             return
         if self._paused and self._sock is not None:
-            asyncio.get_running_loop().add_reader(self._sock, self._readable)
+            loop = asyncio.get_running_loop()
+            loop.add_reader(self._sock, self._readable)
+            # What was read before the pause waits in the buffer, not in the socket: the
+            # socket may never become readable again for it.
+            loop.call_soon(self._handle_buffer)
         self._paused = False
 
     def _readable(self) -> None:
         # One clock reading per read, not per message: they arrived together (a read takes
         # milliseconds), and at tens of thousands of messages a second the calls show.
         self._read_at = self._clock()
-        self._client.loop_read(_PACKETS_PER_READ)
+        self._fill()
+        self._handle_buffer()
+
+    def _fill(self) -> None:
+        """One large read from the socket into the buffer (over TLS, also what the TLS
+        layer holds already decrypted: the socket would not signal it as readable)."""
+        sock = self._sock
+        try:
+            while True:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    self._eof = True
+                    return
+                self._buf += data
+                if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                    break
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass
+        except ssl.SSLWantWriteError:
+            self._client._call_socket_register_write()
+        except OSError as exc:
+            self._read_error = exc
+        else:
+            self._client._last_bytes_received = paho.time_func()  # keep-alive: data came
+
+    def _handle_buffer(self) -> None:
+        """Handle the whole packets in the buffer: PUBLISHes here, the rest by paho. Stops
+        when the inbox is full (the writer resumes us); a failed connection is reported to
+        paho once what arrived before the failure is handled."""
+        if self._sock is None:
+            return
+        buf, pos, v5 = self._buf, self._pos, self._v5
+        while not self._paused and pos < len(buf):
+            framed = frame(buf, pos)
+            if framed is None:
+                break  # the rest of this packet is still on its way
+            start, end = framed
+            header = buf[pos]
+            publish = None
+            if header >> 4 == PUBLISH and header & 0x06 != 0x04:  # QoS 0 or 1
+                publish = decode_publish(buf, header, start, end, v5)
+            if publish is not None:
+                pos = end
+                self._deliver(publish)
+                continue
+            # paho reads this packet from the buffer (`_buffered_recv`) and handles it.
+            self._pos = pos
+            rc = self._client._packet_read()
+            pos = self._pos
+            if rc:
+                self._client._loop_rc_handle(rc)
+                return
+            if self._sock is None:
+                return  # paho closed the connection (a DISCONNECT from the broker)
+        del buf[:pos]
+        self._pos = 0
         if self._received:
             self._metrics.mqtt_messages.inc(self._received)
             self._received = 0
+        if (self._eof or self._read_error) and not self._paused:
+            # Let paho find the connection lost (its disconnect callbacks, the socket
+            # closed): what is left in the buffer is part of a packet that will not come.
+            buf.clear()
+            self._client.loop_read()
+
+    def _buffered_recv(self, size: int) -> bytes:
+        """paho's socket read, served from the buffer; an empty buffer is an empty socket
+        (or the failure that was found reading it)."""
+        buf, pos = self._buf, self._pos
+        if pos < len(buf):
+            data = bytes(buf[pos:pos + size])
+            self._pos = pos + len(data)
+            return data
+        if self._read_error is not None:
+            raise self._read_error
+        if self._eof:
+            return b""
+        if self._sock is None:
+            raise ConnectionError("not connected")
+        raise BlockingIOError
 
     def _close_socket(self) -> None:
         # paho closes the connection (calling _on_socket_close) and its wake-up socket pair.
@@ -306,6 +396,10 @@ class MqttSubscriber:
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._sock = sock
+        self._buf.clear()
+        self._pos = 0
+        self._read_error = None
+        self._eof = False
         if not self._paused:
             asyncio.get_running_loop().add_reader(sock, self._readable)
 
@@ -395,46 +489,45 @@ class MqttSubscriber:
             log.warning("disconnected from MQTT broker %s: %s; reconnecting",
                         self.endpoint, reason)
 
-    def _same_as_before(self, msg: paho.MQTTMessage, topic: str, body: Body) -> Body:
+    def _same_as_before(self, msg: Publish, topic: str, body: Body) -> Body:
         """A message the broker sends again (DUP, same packet id: its session resumed) that
         we received on an earlier connection and did not acknowledge there gets the same
         decoding, so the same dedup keys: a keyless event is not stored a second time.
         Remembered until acknowledged."""
-        payload = _payload(msg)
         before = None
         if msg.dup:
             before = self._unacked.get(msg.mid) or self._acked.get(msg.mid)
-        if before is not None and before[0] == topic and before[1] == payload:
+        if before is not None and before[0] == topic and before[1] == msg.payload:
             body = before[2]
-        self._unacked[msg.mid] = (topic, payload, body)
+        self._unacked[msg.mid] = (topic, msg.payload, body)
         return body
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        """A message paho decoded: QoS 2 (its PUBREL has come); the rest is `_deliver`ed
+        straight from the buffer."""
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        self._deliver(Publish(msg._topic, payload, msg.mid, msg.qos, bool(msg.dup)))
+
+    def _deliver(self, msg: Publish) -> None:
         self._received += 1  # counted into the metric once per read, not once per message
         received_at = self._read_at
         try:
-            topic = msg.topic
+            topic = msg.topic.decode()
         except UnicodeDecodeError:  # the spec requires UTF-8; a broken client may not care
             topic = "<undecodable topic>"
         body: list[SensorEvent] | DeviceStatus | DeadLetter
         try:
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-            body = self._router.decode(topic, payload, received_at)
+            body = self._router.decode(topic, msg.payload, received_at)
         except IngestError as exc:
-            body = DeadLetter(received_at, topic, exc.reason, exc.detail, bytes(msg.payload))
+            body = DeadLetter(received_at, topic, exc.reason, exc.detail, msg.payload)
         except Exception as exc:  # a decoder bug must not kill the connection
             log.exception("decoder failed on a message from %s", topic)
-            body = DeadLetter(received_at, topic, "internal", type(exc).__name__,
-                              bytes(msg.payload))
+            body = DeadLetter(received_at, topic, "internal", type(exc).__name__, msg.payload)
         if msg.qos:
             body = self._same_as_before(msg, topic, body)
         self._inbox.append(Received(msg.mid, msg.qos, body, self._connections))
         if self._inbox.full:
             self._pause()  # the writer resumes us when it has made room
-
-
-def _payload(msg: paho.MQTTMessage) -> bytes:
-    return msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
 
 
 async def _drain_until_closed(sock: socket.socket, deadline: float) -> None:
