@@ -198,6 +198,8 @@ async def _open_when_reachable(node: Node) -> None:
             applied = await node.store.migrate()
             async with node.store.connection(before_ready=True) as conn:
                 await sync_config(conn, node.config)
+                if node.feed is not None:  # before any change is written
+                    await node.feed.start_on(conn)
             break
         except StoreUnavailable:
             pass  # still away

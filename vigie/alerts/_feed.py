@@ -75,6 +75,7 @@ _INSERT = f"""
     ), notified AS (
         SELECT pg_notify('{CHANNEL}', max(seq)::text) FROM added)
     SELECT added.* FROM added, notified ORDER BY seq"""
+_END = "SELECT greatest(trimmed_through, (SELECT max(seq) FROM feed)) FROM feed_horizon"
 _TRIM = """
     WITH cut AS (
         SELECT greatest(
@@ -241,7 +242,7 @@ class Feed:
 
     async def start(self) -> None:
         """Dispatch from the current end of the feed: a node does not replay history. With
-        the database away, the end is read when the follower first connects."""
+        the database away, the end is read later (`start_on`), before anything is written."""
         try:
             _, self.head = await self.position()
         except StoreUnavailable:
@@ -249,6 +250,14 @@ class Feed:
             return
         self._positioned = True
         self._seq.set(self.head)
+
+    async def start_on(self, conn: Any) -> None:
+        """`start`, late, on the given connection (a node started while the database was
+        away, before its store opens to the writers); no-op if the follower did it first."""
+        if not self._positioned:
+            self.head = int(await conn.fetchval(_END))
+            self._positioned = True
+            self._seq.set(self.head)
 
     # producers: called on the event loop, never wait ---------------------------------------
 
@@ -458,12 +467,7 @@ class Feed:
         wake = asyncio.Event()
         conn.add_termination_listener(lambda _conn: wake.set())
         await conn.add_listener(CHANNEL, lambda *_: wake.set())
-        if not self._positioned:  # started while the database was away
-            self.head = int(await conn.fetchval(
-                "SELECT greatest(trimmed_through, (SELECT max(seq) FROM feed))"
-                " FROM feed_horizon"))
-            self._positioned = True
-            self._seq.set(self.head)
+        await self.start_on(conn)  # started while the database was away
         self.following = True
         while True:
             wake.clear()  # before reading: a notification during the read is not lost
