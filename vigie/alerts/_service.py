@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from vigie.alerts._memory import raise_in_memory, resolve_in_memory
 from vigie.alerts._rules import Decision, Raise, Resolve
 from vigie.alerts._storms import StormGuard
 from vigie.metrics import Metrics
@@ -122,12 +123,14 @@ class AlertService:
         changes: list[AlertChange] = []
         for round_ in _rounds(decisions):
             for d in round_:
-                change = (self._raise_in_memory(self._with_escalation(d.occurrence), now)
-                          if isinstance(d, Raise) else self._resolve_in_memory(d))
-                if change is not None:
-                    self._remember(change.alert)
-                    self.provisional[change.alert.fingerprint] = change.alert
-                    changes.append(change)
+                done = (raise_in_memory(self.open_alerts, self._with_escalation(d.occurrence),
+                                        now)
+                        if isinstance(d, Raise) else resolve_in_memory(self.open_alerts, d))
+                if done is not None:
+                    action, alert = done
+                    self._remember(alert)
+                    self.provisional[alert.fingerprint] = alert
+                    changes.append(AlertChange(action, alert))
         for change in changes:
             a = change.alert
             if change.action != "repeated":
@@ -141,35 +144,6 @@ class AlertService:
                 except Exception:
                     log.exception("alert listener failed")
         return changes
-
-    def _raise_in_memory(self, occ: q.AlertOccurrence, now: datetime) -> AlertChange:
-        """What `q.upsert_alerts` would do, on the alerts this node knows."""
-        last = occ.last_at or occ.at
-        known = self.open_alerts.get(occ.fingerprint)
-        if known is not None:
-            return AlertChange("repeated", dataclasses.replace(
-                known, count=known.count + occ.count,
-                last_seen_at=max(known.last_seen_at, last),
-                severity=min(known.severity, occ.severity, key=q.SEVERITY_RANK.__getitem__)))
-        esc = occ.escalation
-        return AlertChange("opened", q.Alert(
-            id=occ.id or uuid.uuid4(), fingerprint=occ.fingerprint, site=occ.site,
-            source=occ.source, source_type=occ.source_type, kind=occ.kind,
-            severity=occ.severity, state="open", title=occ.title, details=occ.details,
-            opened_at=occ.at, last_seen_at=last, count=occ.count, acknowledged_by=None,
-            acknowledged_at=None, resolved_by=None, resolved_at=None, escalation_level=0,
-            silenced=False,  # silences are in the database: known when it is stored
-            snapshots=[], event_id=None, related=[],
-            next_escalation_at=max(occ.at, now) + esc.after if esc and esc.steps else None,
-            escalated_at=None, assigned_to=None, assigned_at=None, resolution=None))
-
-    def _resolve_in_memory(self, d: Resolve) -> AlertChange | None:
-        known = self.open_alerts.get(d.fingerprint)
-        if known is None:
-            return None
-        return AlertChange("resolved", dataclasses.replace(
-            known, state="resolved", resolved_by="vigie", resolved_at=d.at,
-            resolution="auto", next_escalation_at=None))
 
     def forget_provisional(self) -> None:
         """Everything announced from memory has been replayed (the spool is empty): what
