@@ -469,8 +469,16 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
     if node.config.cluster.enabled:
         leases = CameraLeases(node.config, node.dsn, node.cameras, node.metrics)
         node.leases = leases
-        await leases.start()
-        node.spawn("cluster", leases.run())
+        if node.store.pending:
+            # Started while the database was away: no lease can be proven, so no camera is
+            # watched until the rounds (which register the node) run on a migrated schema.
+            async def join() -> None:
+                node.spawn("cluster", leases.run())
+
+            node.deferred.append(join)
+        else:
+            await leases.start()
+            node.spawn("cluster", leases.run())
         try:
             yield
         finally:

@@ -280,25 +280,31 @@ class Feed:
     def announce(self, change: AlertChange) -> None:
         """An AlertService listener of changes made in memory while the database is away:
         straight to this node's clients that take provisional messages."""
-        type_ = f"alert.{change.action}"
-        body = {"seq": None, "type": type_, "at": self._clock().isoformat(),
-                "site": change.alert.site, "provisional": True, "actor": change.actor,
-                "alert": change.alert.to_json()}
-        message = FeedMessage(self.head, type_, change.alert.site,
-                              orjson.dumps(body).decode(), provisional=True)
+        self._tell_now(f"alert.{change.action}", change.alert.site, self._clock(),
+                       {"actor": change.actor, "alert": change.alert.to_json()})
+
+    def camera_state(self, site: str, camera: str, state: str, reasons: Iterable[str],
+                     at: datetime) -> None:
+        """The camera supervisor's hook: a camera's state or reasons changed."""
+        body = {"camera": {"id": camera, "site": site, "state": state,
+                           "reasons": sorted(reasons), "since": at.isoformat()}}
+        self._publish("camera.state", site, at, body)
+        if not self._store.available:
+            # Not written before the database is back: this node's clients see it now (the
+            # stored copy comes later; a state told twice is the same state).
+            self._tell_now("camera.state", site, at, body)
+
+    def _tell_now(self, type_: str, site: str, at: datetime, body: dict[str, Any]) -> None:
+        """A provisional message (no seq) to the subscriptions that take them."""
+        wire = orjson.dumps({"seq": None, "type": type_, "at": at.isoformat(), "site": site,
+                             "provisional": True, **body}).decode()
+        message = FeedMessage(self.head, type_, site, wire, provisional=True)
         behind = [s for s in self._subscriptions
                   if s.announced is not None and not s.offer(message)]
         if behind:
             self._subscriptions.difference_update(behind)
             self._dropped.inc(len(behind))
             self._clients.set(len(self._subscriptions))
-
-    def camera_state(self, site: str, camera: str, state: str, reasons: Iterable[str],
-                     at: datetime) -> None:
-        """The camera supervisor's hook: a camera's state or reasons changed."""
-        self._publish("camera.state", site, at, {"camera": {
-            "id": camera, "site": site, "state": state, "reasons": sorted(reasons),
-            "since": at.isoformat()}})
 
     def _publish(self, type_: str, site: str, at: datetime,
                  body: dict[str, Any] | AlertChange) -> _Change | None:
