@@ -169,15 +169,15 @@ class Subscription:
         announced = self.announced
         if announced is None:
             return not message.provisional
-        if message.type not in ANNOUNCED_ONCE:
-            return True
+        if not message.provisional and not announced or message.type not in ANNOUNCED_ONCE:
+            return True  # the usual case: no message parsed again
         key = (message.type, _alert_id(message))
         if message.provisional:
             announced[key] = None
             if len(announced) > ANNOUNCED_KEEP:
                 del announced[next(iter(announced))]
             return True
-        if announced and key in announced:
+        if key in announced:
             del announced[key]
             return False
         return True
