@@ -28,6 +28,7 @@ from vigie.api._auth import Authenticator
 from vigie.api._routes import endpoints
 from vigie.app import Node, running_node
 from vigie.store import Store
+from vigie.store import _notify as notify_q
 from vigie.store._alerts import AlertOccurrence, upsert_alert
 from vigie.store._cameras import keep_snapshot
 from vigie.store._silences import Matchers
@@ -341,6 +342,8 @@ async def _fill_path(node: Node, path: str) -> str:
             return alert
         if name == "silence_id":
             return await _camera_silence(node)
+        if name == "letter":
+            return await _notifier_dead_letter(node)
         raise AssertionError(f"teach test_api how to fill the path parameter {{{name}}}")
 
     out, last = "", 0
@@ -356,6 +359,14 @@ async def _camera_silence(node: Node) -> str:
         Matchers(site=JM, source_type="camera"), datetime.now(UTC),
         datetime.now(UTC) + timedelta(hours=1), "role test", "test")
     return str(silence.id)
+
+
+async def _notifier_dead_letter(node: Node) -> str:
+    """A new dead letter of a notifier, on the test site."""
+    async with node.store.connection() as conn:
+        await notify_q.add_dead_letter(conn, "csu", 1, "alert.opened", None, JM, 3, "HTTP 500",
+                                       {"type": "alert.opened"})
+        return str(await conn.fetchval("SELECT max(id) FROM notify_dead_letters"))
 
 
 async def _camera_with_snapshot(node: Node) -> str:

@@ -328,6 +328,7 @@ def endpoints() -> list[Endpoint]:
     from vigie.api._audit import audit_endpoints
     from vigie.api._cameras import camera_endpoints
     from vigie.api._nodes import node_endpoints
+    from vigie.api._notifiers import notifier_endpoints
     from vigie.api._reports import report_endpoints
     from vigie.api._silences import silence_endpoints
     from vigie.api._stream import PATH as STREAM_PATH
@@ -335,7 +336,7 @@ def endpoints() -> list[Endpoint]:
 
     site_q = Param("site", description="site id (slug)")
     return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(), *audit_endpoints(),
-            *node_endpoints(),
+            *node_endpoints(), *notifier_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",

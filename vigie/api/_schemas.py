@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from vigie.api._spec import list_schema
+
 __all__ = ["SCHEMAS"]
 
 _TS = {"type": "string", "format": "date-time"}
 _TS_NULL = {"type": "string", "format": "date-time", "nullable": True}
 _STR_NULL = {"type": "string", "nullable": True}
 _SEVERITY = {"type": "string", "enum": ["critical", "major", "minor", "info"]}
-
-
-def _list_of(ref: str) -> dict[str, Any]:
-    return {
-        "type": "object", "required": ["items", "next_cursor"],
-        "properties": {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}},
-                       "next_cursor": _STR_NULL},
-    }
 
 
 SCHEMAS: dict[str, Any] = {
@@ -59,7 +53,7 @@ SCHEMAS: dict[str, Any] = {
                         "items": {"$ref": "#/components/schemas/HistoryEntry"}},
         },
     },
-    "AlertList": _list_of("Alert"),
+    "AlertList": list_schema("Alert"),
     "Event": {
         "type": "object",
         "required": ["id", "site", "sensor", "kind", "state", "ts", "received_at", "data"],
@@ -68,7 +62,7 @@ SCHEMAS: dict[str, Any] = {
                        "state": {"type": "string"}, "zone": {"type": "string"}, "ts": _TS,
                        "received_at": _TS, "data": {"type": "object"}},
     },
-    "EventList": _list_of("Event"),
+    "EventList": list_schema("Event"),
     "Sensor": {
         "type": "object", "required": ["id", "site", "kind"],
         "properties": {"id": {"type": "string"}, "site": {"type": "string"},
@@ -78,7 +72,7 @@ SCHEMAS: dict[str, Any] = {
                        "online": {"type": "boolean", "nullable": True},
                        "battery": {"type": "integer", "nullable": True}},
     },
-    "SensorList": _list_of("Sensor"),
+    "SensorList": list_schema("Sensor"),
     "Site": {
         "type": "object", "required": ["id", "name", "uai"],
         "properties": {
@@ -90,14 +84,14 @@ SCHEMAS: dict[str, Any] = {
             "camera_states": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
-    "SiteList": _list_of("Site"),
+    "SiteList": list_schema("Site"),
     "DeadLetter": {
         "type": "object", "required": ["id", "received_at", "topic", "reason", "detail"],
         "properties": {"id": {"type": "integer"}, "received_at": _TS,
                        "topic": {"type": "string"}, "reason": {"type": "string"},
                        "detail": {"type": "string"}, "payload_size": {"type": "integer"}},
     },
-    "DeadLetterList": _list_of("DeadLetter"),
+    "DeadLetterList": list_schema("DeadLetter"),
     "CommentBody": {
         "type": "object", "additionalProperties": False,
         # null or left out: no comment
@@ -133,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
             "checks": {"type": "object"},
         },
     },
-    "CameraList": _list_of("Camera"),
+    "CameraList": list_schema("Camera"),
     "Transition": {
         "type": "object", "required": ["at", "state", "reasons"],
         "properties": {"at": _TS, "state": {"type": "string"},
@@ -197,7 +191,7 @@ SCHEMAS: dict[str, Any] = {
             "outcome": {"type": "string", "description": "HTTP status, or ok"},
             "details": {"type": "object"}},
     },
-    "AuditList": _list_of("AuditEntry"),
+    "AuditList": list_schema("AuditEntry"),
     "Node": {
         "type": "object",
         "required": ["name", "state", "clustered", "cameras", "started_at", "last_seen_at",
@@ -211,7 +205,7 @@ SCHEMAS: dict[str, Any] = {
             "cameras": {"type": "integer", "description": "cameras it watches"},
             "started_at": _TS, "last_seen_at": _TS, "lease_expires_at": _TS},
     },
-    "NodeList": _list_of("Node"),
+    "NodeList": list_schema("Node"),
     "Health": {
         "type": "object", "required": ["status"],
         "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
@@ -221,10 +215,11 @@ SCHEMAS: dict[str, Any] = {
 
 def _workflow_schemas() -> dict[str, Any]:
     from vigie.api._alert_actions import ACTION_SCHEMAS
+    from vigie.api._notifiers import NOTIFIER_SCHEMAS
     from vigie.api._reports import REPORT_SCHEMAS
     from vigie.api._silences import SILENCE_SCHEMAS
 
-    return {**ACTION_SCHEMAS, **SILENCE_SCHEMAS, **REPORT_SCHEMAS}
+    return {**ACTION_SCHEMAS, **SILENCE_SCHEMAS, **REPORT_SCHEMAS, **NOTIFIER_SCHEMAS}
 
 
 SCHEMAS.update(_workflow_schemas())

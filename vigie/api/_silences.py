@@ -18,7 +18,7 @@ from aiohttp import web
 from vigie.api._auth import Principal
 from vigie.api._bodies import Body, read_body
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site, list_schema
 from vigie.config import CAMERA_REASONS, SENSOR_KINDS, Config
 from vigie.store import _alerts as alerts_q
 from vigie.store import _silences as silences_q
@@ -187,12 +187,7 @@ SILENCE_SCHEMAS: dict[str, Any] = {
             "ended_at": {"type": "string", "format": "date-time", "nullable": True},
             "state": {"type": "string", "enum": list(silences_q.SILENCE_STATES)}},
     },
-    "SilenceList": {
-        "type": "object", "required": ["items", "next_cursor"],
-        "properties": {"items": {"type": "array",
-                                 "items": {"$ref": "#/components/schemas/Silence"}},
-                       "next_cursor": {"type": "string", "nullable": True}},
-    },
+    "SilenceList": list_schema("Silence"),
     "SilenceBody": {
         "type": "object", "additionalProperties": False, "required": ["matchers", "comment"],
         "description": "give ends_at or duration; starts_at defaults to now",

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from vigie.api._errors import ApiError
 
-__all__ = ["ALL_ROLES", "Endpoint", "Param", "audit_site", "parse_params"]
+__all__ = ["ALL_ROLES", "Endpoint", "Param", "audit_site", "list_schema", "parse_params"]
 
 ALL_ROLES = frozenset({"admin", "operator", "technician", "viewer"})
 
@@ -232,4 +232,13 @@ def openapi_document(endpoints: list[Endpoint], schemas: dict[str, Any], version
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
+    }
+
+
+def list_schema(ref: str) -> dict[str, Any]:
+    """The schema of a list answer: {"items": [...], "next_cursor": "..." | null}."""
+    return {
+        "type": "object", "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}},
+                       "next_cursor": {"type": "string", "nullable": True}},
     }

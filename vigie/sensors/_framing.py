@@ -26,29 +26,38 @@ class Publish:
     dup: bool
 
 
+def _varint(buf: bytearray, i: int, end: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at buf[i:]: (value, index after it); None if it runs
+    past `end`. More than four bytes is a protocol error: (-1, index of the fifth)."""
+    value = 0
+    shift = 0
+    while i < end:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+        if shift > 21:
+            return -1, i
+    return None
+
+
 def frame(buf: bytearray, pos: int) -> tuple[int, int] | None:
     """(start of the variable header, end of the packet) of the packet at `pos`, or None if
     the buffer does not hold all of it yet. A remaining length longer than four bytes is a
     protocol error: returned as framed (start = end = pos + 5) so that the caller hands it
     to paho, which closes the connection."""
     end = len(buf)
-    i = pos + 1
-    length = 0
-    shift = 0
-    while True:
-        if i >= end:
-            return None
-        byte = buf[i]
-        i += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift > 21:
-            return i, i
-    if i + length > end:
+    length = _varint(buf, pos + 1, end)
+    if length is None:
         return None
-    return i, i + length
+    value, i = length
+    if value < 0:
+        return i, i
+    if i + value > end:
+        return None
+    return i, i + value
 
 
 def decode_publish(buf: bytearray, header: int, start: int, end: int, v5: bool
@@ -67,18 +76,10 @@ def decode_publish(buf: bytearray, header: int, start: int, end: int, v5: bool
         mid = (buf[i] << 8) | buf[i + 1]
         i += 2
     if v5:  # properties: skipped (vigie announces no topic alias, so none is used)
-        length = 0
-        shift = 0
-        while True:
-            if i >= end or shift > 21:
-                return None
-            byte = buf[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-        i += length
+        props = _varint(buf, i, end)
+        if props is None or props[0] < 0:
+            return None
+        i = props[1] + props[0]
     if i > end or topic_end > end:
         return None
     return Publish(bytes(buf[start + 2:topic_end]), bytes(buf[i:end]), mid, qos,

@@ -6,7 +6,7 @@ These run on the connection that holds the notifier's advisory lock: a node that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -17,7 +17,10 @@ __all__ = [
     "add_dead_letter",
     "alerts_by_id",
     "dead_letters",
+    "delete_dead_letter",
     "feed_after",
+    "list_dead_letters",
+    "notifier_progress",
     "save_cursor",
     "start_cursor",
     "trimmed_through",
@@ -102,3 +105,43 @@ async def alerts_by_id(conn: Any, ids: Sequence[str]) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"SELECT {_ALERT_DOC} FROM alerts a WHERE id = ANY($1::uuid[])", list(ids))
     return [orjson.loads(r["doc"]) for r in rows]
+
+
+async def notifier_progress(conn: Any) -> dict[str, dict[str, Any]]:
+    """Per notifier that has run: its cursor, the feed's newest alert change after it,
+    and its dead letters (count, newest)."""
+    rows = await conn.fetch(
+        """SELECT c.notifier, c.seq, c.updated_at,
+                  (SELECT count(*) FROM feed f
+                   WHERE f.seq > c.seq AND f.type LIKE 'alert.%') AS behind,
+                  d.dead_letters, d.last_failed_at
+           FROM notify_cursors c
+           LEFT JOIN LATERAL (
+               SELECT count(*) AS dead_letters, max(failed_at) AS last_failed_at
+               FROM notify_dead_letters WHERE notifier = c.notifier) d ON true""")
+    return {r["notifier"]: dict(r) for r in rows}
+
+
+async def list_dead_letters(conn: Any, notifier: str | None, sites: Collection[str] | None,
+                            limit: int, before: int | None) -> list[dict[str, Any]]:
+    """Dead letters newest first, of the given sites (None: all), from before id `before`."""
+    rows = await conn.fetch(
+        """SELECT id, notifier, seq, type, alert_id::text AS alert_id, site, attempts,
+                  error, payload::text AS payload, failed_at
+           FROM notify_dead_letters
+           WHERE ($1::text IS NULL OR notifier = $1)
+             AND ($2::text[] IS NULL OR site = ANY($2::text[]))
+             AND ($3::bigint IS NULL OR id < $3)
+           ORDER BY id DESC LIMIT $4""",
+        notifier, list(sites) if sites is not None else None, before, limit)
+    return [{**dict(r), "payload": orjson.loads(r["payload"])} for r in rows]
+
+
+async def delete_dead_letter(conn: Any, letter: int, sites: Collection[str] | None
+                             ) -> str | None:
+    """Dismiss a dead letter (dealt with by hand); its site, or None if there is none."""
+    site = await conn.fetchval(
+        """DELETE FROM notify_dead_letters
+           WHERE id = $1 AND ($2::text[] IS NULL OR site = ANY($2::text[]))
+           RETURNING site""", letter, list(sites) if sites is not None else None)
+    return str(site) if site is not None else None
