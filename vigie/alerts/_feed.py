@@ -169,7 +169,7 @@ class Subscription:
         announced = self.announced
         if announced is None:
             return not message.provisional
-        if not message.provisional and not announced or message.type not in ANNOUNCED_ONCE:
+        if (not message.provisional and not announced) or message.type not in ANNOUNCED_ONCE:
             return True  # the usual case: no message parsed again
         key = (message.type, _alert_id(message))
         if message.provisional:
