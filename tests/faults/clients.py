@@ -19,9 +19,9 @@ from tests.conftest import free_port
 class FeedClient:
     """Connected to /api/v1/stream until `close`; `messages` in the order received."""
 
-    def __init__(self, api: str, token: str) -> None:
+    def __init__(self, api: str, token: str, since: int | None = None) -> None:
         self.url = api.replace("http://", "ws://") + "/api/v1/stream"
-        self._token = token
+        self._params = {"token": token} | ({"since": str(since)} if since is not None else {})
         self.messages: list[dict[str, Any]] = []
         self.closed: str | None = None  # why the server closed it, if it did
         self._lock = threading.Lock()
@@ -40,7 +40,7 @@ class FeedClient:
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession() as session, session.ws_connect(
-                self.url, params={"token": self._token}, heartbeat=10) as ws:
+                self.url, params=self._params, heartbeat=10) as ws:
             while not self._stop.is_set():
                 try:
                     msg = await ws.receive(timeout=0.2)

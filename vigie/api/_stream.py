@@ -162,6 +162,12 @@ class _Session:
         if since is None:
             await self._hello(start, None)
             return
+        if since == start:
+            # It has had everything this node dispatched: nothing to read back, so a client
+            # resumes even while the database is away.
+            self._last = since
+            await self._hello(start, since)
+            return
         if since > start:
             since_min, newest = await self._feed.position()
             if since > newest:
