@@ -11,9 +11,10 @@ gap. Each client has a bounded queue; one that cannot keep up is dropped, never 
 While the database is away nothing is numbered, yet an intrusion must still reach the
 operators watching this node: `announce` hands the alert changes made in memory (see
 AlertService.announce) straight to the subscriptions that take them (the WebSocket clients),
-as provisional messages without a seq. When the database is back, the stored change is
-written and read back as usual; a subscription that was told the provisional `opened` or
-`resolved` of that alert skips it (it would be a second page for the same alert).
+as provisional messages without a seq, and so does `camera_state` with what it cannot write.
+When the database is back, the stored change is written and read back as usual; a
+subscription that was told the provisional `opened` or `resolved` of that alert skips it
+(it would be a second page for the same alert).
 """
 
 from __future__ import annotations

@@ -12,10 +12,12 @@ The server sends JSON text frames:
   `alert.repeated`, `alert.acknowledged`, `alert.resolved`, `alert.commented` (with `actor`
   and `alert`), `camera.state` (with `camera`: `id`, `site`, `state`, `reasons`, `since`).
 - while the database is away, alert changes this node makes in memory (an intrusion during
-  an outage) come at once as `{"seq": null, "provisional": true, "type": "alert.opened", …}`;
-  once stored, their `alert.opened` / `alert.resolved` is not sent again on this connection
-  (later changes of the alert are, with their seq). A provisional message moves no resume
-  position: `since` stays the last seq received.
+  an outage) and its cameras' state changes come at once as `{"seq": null, "provisional":
+  true, "type": "alert.opened", …}`; once stored, an `alert.opened` / `alert.resolved`
+  already told is not sent again on this connection (later changes of the alert are, with
+  their seq; a camera state comes again, the same). A provisional message moves no resume
+  position: `since` stays the last seq received, and resuming at this node's head needs no
+  database (a client reconnects during an outage).
 
 Close codes: 1001 the node is shutting down; 1008 the token is no longer valid; 1011 an
 internal error; 1013 the client (or this node) fell too far behind, or the database is
