@@ -212,10 +212,15 @@ async def _open_when_reachable(node: Node) -> None:
     node.store.opened()
     node.metrics.db_up.set(1)
     for step in node.deferred:
-        try:
-            await step()
-        except VigieError as exc:  # each part also retries by itself
-            log.warning("deferred start-up step failed: %s", exc)
+        while True:
+            try:
+                await step()
+                break
+            except StoreUnavailable:  # away again already: the step waits for it
+                await asyncio.sleep(RETRY_MAX * random.uniform(0.5, 1.5))
+            except VigieError as exc:
+                log.warning("deferred start-up step failed: %s", exc)
+                break
     node.deferred.clear()
     node.tasks.pop("db-start", None)  # done, not dead: /readyz must not call it stopped
 
