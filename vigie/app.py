@@ -39,7 +39,14 @@ from vigie.alerts._storms import StormGuard
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
 from vigie.cameras import CameraSupervisor
-from vigie.cluster import HEARTBEAT_LOCK, MQTT_LOCK, CameraLeases, Leadership, NodePresence
+from vigie.cluster import (
+    HEARTBEAT_LOCK,
+    MQTT_LOCK,
+    CameraLeases,
+    CameraStatusPublisher,
+    Leadership,
+    NodePresence,
+)
 from vigie.config import Config, MqttConfig
 from vigie.console import install_console
 from vigie.errors import StoreUnavailable, VigieError
@@ -484,10 +491,13 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
         else:
             await leases.start()
             node.spawn("cluster", leases.run())
+        node.spawn("camera-status", CameraStatusPublisher(
+            node.store, node.cameras, leases, node.config.retention.snapshots,
+            node.metrics, node.config.node.data_dir).run())
         try:
             yield
         finally:
-            await node.stop("cluster", budget=1.0)
+            await node.stop("camera-status", "cluster", budget=1.0)
             await leases.leave()
         return
     cameras = node.cameras
@@ -531,7 +541,7 @@ async def _api(node: Node) -> AsyncIterator[None]:
                      auth=Authenticator(node.store, config.api.auth_failures_per_minute),
                      schedule=node.schedule or Schedule(()),
                      readiness=node.readiness, clock=node.clock, cameras=node.cameras,
-                     feed=node.feed, audit_spool=audit)
+                     feed=node.feed, audit_spool=audit, leases=node.leases)
     app = make_api(ctx)
     install_stream(app, node.feed)
     install_console(app)

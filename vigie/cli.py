@@ -236,15 +236,29 @@ def cmd_calendar(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from vigie.cli_status import run_status
-
-    url = args.url or os.environ.get("VIGIE_URL")
+def _node_url(args: argparse.Namespace) -> str:
+    """The running node's API: --url, else $VIGIE_URL, else api.listen of the config."""
+    url: str | None = args.url or os.environ.get("VIGIE_URL")
     if not url:
         config = load_config(_config_path(args))
         host = config.api.host if config.api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         url = f"http://{'[' + host + ']' if ':' in host else host}:{config.api.port}"
-    return run_status(url, args.token, args.alerts, args.json)
+    return url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vigie.cli_status import run_status
+
+    return run_status(_node_url(args), args.token, args.alerts, args.json)
+
+
+def cmd_relearn(args: argparse.Namespace) -> int:
+    from vigie.cli_relearn import run_relearn
+
+    if args.timeout <= 0:
+        raise VigieError("--timeout must be a positive number of seconds")
+    return run_relearn(_node_url(args), args.token, args.site, args.camera or [], args.wait,
+                       args.timeout)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
@@ -307,6 +321,22 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--alerts", type=int, default=10, help="how many alerts to list")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
+    cameras = sub.add_parser("cameras", help="cameras of a running node, through its API")
+    camsub = cameras.add_subparsers(dest="cameras_cmd", required=True)
+    relearn = camsub.add_parser(
+        "relearn", parents=[common],
+        help="re-learn the reference picture of a site's cameras after a planned change")
+    relearn.add_argument("--site", required=True, help="the site id")
+    relearn.add_argument("--camera", action="append", metavar="CAMERA",
+                         help="a camera id of the site, repeatable (default: every camera)")
+    relearn.add_argument("--wait", action="store_true",
+                         help="show the learning's progress until every camera has learned")
+    relearn.add_argument("--timeout", type=float, default=600.0,
+                         help="with --wait, give up after this many seconds (default 600)")
+    relearn.add_argument("--url", help="the node's API (default: $VIGIE_URL, else api.listen "
+                         "of the config)")
+    relearn.add_argument("--token", help="a technician or admin token (default: $VIGIE_TOKEN)")
+    cameras.set_defaults(func=cmd_relearn)
     from vigie.cli_completion import SHELLS
 
     completion = sub.add_parser("completion", help="print a shell completion script")

@@ -152,6 +152,11 @@ class Metrics:
         self.cluster_claims = Counter(
             "vigie_cluster_claims", "Free cameras this node took (a node stopped or died)",
             registry=r)
+        self.cluster_queries = Counter(
+            "vigie_cluster_queries",
+            "Statements this node sent to PostgreSQL to coordinate with the others, by part "
+            "(leases: the lease protocol on its own connection; camera_status: the camera "
+            "views and pictures published for the other nodes' API)", ["part"], registry=r)
         self.cluster_mqtt_leader = Gauge(
             "vigie_cluster_mqtt_leader",
             "1 while this node is the elected MQTT subscriber (cluster.mqtt: elected)",

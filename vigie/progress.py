@@ -1,5 +1,5 @@
-"""Progress of long work on the terminal (migrations, calendar import): one line redrawn in
-place on a terminal, plain lines elsewhere (a log file, CI), nothing at all when quiet."""
+"""Progress of long work on the terminal (migrations, calendar import, reference learning):
+one line redrawn in place on a terminal, plain lines elsewhere (a log file, CI)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ class Progress:
     """`with Progress("migrations", total=12) as p: ... p.advance(note="0007_feed")`"""
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 min_interval: float = 0.1) -> None:
+                 min_interval: float = 0.1, plain_every: float = 10.0) -> None:
         self.label = label
         self.total = max(total, 0)
         self.done = 0
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty()
         self._min_interval = min_interval
+        self._plain_every = plain_every
+        self._written_at = time.monotonic()
         self._drawn_at = 0.0
         self._started = time.monotonic()
 
@@ -41,6 +43,15 @@ class Progress:
             self.stream.flush()
         elif now - self._drawn_at >= self._min_interval or self.done == self.total:
             self._draw(note)
+
+    def update(self, done: int, note: str = "") -> None:
+        """Work measured rather than counted (cameras learned so far, polled): `done` so far.
+        Off a terminal, a line when it moves and otherwise one every `plain_every` seconds,
+        so that a log shows the work is alive without a line per poll."""
+        now = time.monotonic()
+        if done != self.done or self.tty or now - self._written_at >= self._plain_every:
+            self._written_at = now
+            self.advance(done - self.done, note)
 
     def close(self, note: str = "") -> None:
         elapsed = time.monotonic() - self._started

@@ -325,7 +325,7 @@ def _example_body(spec: OpenApi, op: dict[str, Any]) -> dict[str, Any] | None:
 
 async def _fill_path(node: Node, path: str) -> str:
     """A real id for every path parameter: a new open alert for each alert id."""
-    camera_route = "{camera}" in path
+    camera_route = "{camera}" in path or path.endswith("/cameras/reference")
 
     async def value(match: re.Match[str]) -> str:
         name = match.group(1)

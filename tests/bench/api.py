@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -48,7 +46,14 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.pg import create_database, drop_database  # noqa: E402
+from tests.bench._common import (  # noqa: E402
+    create_database,
+    drop_database,
+    free_port,
+    postgres_cpu,
+    quantile,
+    ratio,
+)
 from vigie.app import Node, running_node  # noqa: E402
 from vigie.config import SENSOR_KINDS, Config, parse_config  # noqa: E402
 from vigie.store import Store  # noqa: E402
@@ -191,24 +196,6 @@ async def load(dsn: str, alerts: int, events: int, sites: int) -> None:
 # --- measuring -----------------------------------------------------------------------------
 
 
-def postgres_cpu() -> float:
-    """CPU seconds used so far by every process named postgres on this machine."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if name.startswith("postgres"):
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 def server_seconds(node: Node, route: str) -> tuple[float, float]:
     """(sum, count) of vigie's own request-duration histogram for a route."""
     total = count = 0.0
@@ -220,12 +207,6 @@ def server_seconds(node: Node, route: str) -> tuple[float, float]:
                 elif s.name.endswith("_count"):
                     count = s.value
     return total, count
-
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 async def drive(label: str, url: str, token: str | None, args: argparse.Namespace,
@@ -274,8 +255,8 @@ def print_results(results: list[dict[str, Any]], rate: float, duration: float) -
         mean = r["server_mean"]
         srv = f"{mean * 1e3:7.2f}" if mean == mean else "      -"  # NaN: no histogram
         print(f"{r['label']:<9} {r['n']:>6} {r['errors']:>4} {r['p50'] * 1e3:7.2f} "
-              f"{r['p99'] * 1e3:7.2f} {r['max'] * 1e3:7.1f} {r['p50'] / base['p50']:6.2f} "
-              f"{r['p99'] / base['p99']:6.2f} {ok:>9} {srv} {r['lag_p99'] * 1e3:7.2f} "
+              f"{r['p99'] * 1e3:7.2f} {r['max'] * 1e3:7.1f} {ratio(r['p50'], base['p50']):6.2f} "
+              f"{ratio(r['p99'], base['p99']):6.2f} {ok:>9} {srv} {r['lag_p99'] * 1e3:7.2f} "
               f"{r['cpu_node'] / span:7.0%} {r['cpu_pg'] / span:7.0%} "
               f"{r['cpu_load'] / span:7.0%}")
     print("\n(x: ratio to the baseline; srv ms: mean server-side time from vigie's histogram; "
@@ -334,12 +315,6 @@ async def wrk_throughput(label: str, url: str, token: str | None) -> None:
 
 
 # --- the run -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def tiny(request: web.Request) -> web.Response:

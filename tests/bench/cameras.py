@@ -56,97 +56,18 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from tests.bench._common import (  # noqa: E402
+    CpuWindow,
+    descendants,
+    memory_kb,
+    quantiles,
+)
+
 RAMP_PER_SECOND = 25
 OFFLINE_STOPPED = 5
 LEARN_FOR = "10s"
 OFFLINE_AFTER = 5.0  # the default, which the bench does not change
 CAMERAS_PER_SITE = 10
-
-
-# --- /proc ------------------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
-
-
-def memory_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in kB from smaps_rollup; PSS shares the libraries' pages between
-    processes, which summing RSS counts once per process."""
-    rss = pss = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, pss
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process under `pid` (scanning /proc: no psutil needed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores, from /proc/stat (steal counts as busy)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # without guest, already in user
-    return total - idle, total
-
-
-class CpuWindow:
-    """CPU seconds of a set of processes, and the machine's busy share, over a window."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.start = {p: cpu_seconds(p) for p in pids}
-        self.busy0, self.total0 = machine_busy()
-        self.t0 = time.monotonic()
-
-    def stop(self) -> tuple[float, float, float]:
-        """(cores used by the processes, seconds, machine busy share of all its cores)."""
-        end = {p: cpu_seconds(p) for p in self.pids}
-        elapsed = time.monotonic() - self.t0
-        busy1, total1 = machine_busy()
-        used = sum(max(0.0, end[p] - self.start[p]) for p in self.pids if end[p] > 0)
-        share = (busy1 - self.busy0) / max(total1 - self.total0, 1)
-        return used / elapsed, elapsed, share
-
-
-def quantiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
-    ordered = sorted(values)
-    return {"n": len(ordered), "p50": ordered[len(ordered) // 2],
-            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-            "max": ordered[-1]}
 
 
 # --- the node under test, in a process of its own ----------------------------------------------

@@ -23,9 +23,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,30 +36,19 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-PG_ADMIN = os.environ.get("VIGIE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
+from tests.bench._common import (
+    always_open,
+    create_database,
+    drop_database,
+    free_port,
+    ratio,
+    start_broker,
+    start_vigie,
+    stop_vigie,
+    wait_sql,
+)
 
 
 def payloads(n: int, sites: int, sensors: int, prefix: str) -> list[tuple[str, bytes]]:
@@ -164,9 +150,7 @@ def write_config(path: Path, dsn: str, port: int, prefix: str, sites: int, senso
     ]
     for s in range(sites):
         lines.append(f"  - {{id: clg-{s:03d}, name: \"Collège {s}\", uai: \"078{s:04d}A\", "
-                     "opening_hours: {mon: \"00:00-24:00\", tue: \"00:00-24:00\", "
-                     "wed: \"00:00-24:00\", thu: \"00:00-24:00\", fri: \"00:00-24:00\", "
-                     "sat: \"00:00-24:00\", sun: \"00:00-24:00\"}, sensors: [")
+                     f"opening_hours: {{{always_open()}}}, sensors: [")
         for k in range(sensors):
             kind = "intrusion" if k == 0 else "door"
             lines.append(f"      {{id: s{k:02d}, kind: {kind}}},")
@@ -193,22 +177,6 @@ async def wait_rows(dsn: str, n: int, timeout: float) -> float:
         raise TimeoutError(f"only {await conn.fetchval('SELECT count(*) FROM events')} rows")
     finally:
         await conn.close()
-
-
-async def wait_sql(dsn: str, sql: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = await asyncpg.connect(dsn)
-            try:
-                if await conn.fetchval(sql):
-                    return
-            finally:
-                await conn.close()
-        except (OSError, asyncpg.PostgresError):
-            pass
-        await asyncio.sleep(0.1)
-    raise TimeoutError(sql)
 
 
 def run_bare(port: int, messages: list[tuple[str, bytes]], prefix: str, backlog: bool
@@ -247,14 +215,12 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
     config = workdir / f"vigie-{cid}.yaml"
     api_port = free_port()
     write_config(config, dsn, port, prefix, sites, sensors, cid, api_port)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "vigie", "run", "--config", str(config)]
     # VIGIE_BENCH_PROFILE=/tmp/vigie.prof: py-spy samples the node (collapsed stacks).
     profile = os.environ.get("VIGIE_BENCH_PROFILE")
     spies: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+        proc = start_vigie(config)
         if profile:
             spies.append(subprocess.Popen(
                 ["py-spy", "record", "--pid", str(proc.pid), "-r", "200", "--threads",
@@ -268,8 +234,7 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
     await asyncio.sleep(1.0)  # connect + subscribe
     ctx = mp.get_context("spawn")
     if backlog:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        await stop_vigie(proc)
         publish_all(port, messages, None, None)
         proc = start()
         # The node's CPU from its first stored row (its start-up, imports and migrations
@@ -297,8 +262,7 @@ async def run_vigie(port: int, messages: list[tuple[str, bytes]], prefix: str, d
     await asyncio.sleep(1.0)  # anything beyond N would be a duplicate
     rows = await count_rows(dsn)
     print_write_figures(await scrape(api_port))
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    await stop_vigie(proc)
     for spy in spies:
         spy.wait(30)
     return len(messages) / (finished - started), rows, cpu, pg_cpu
@@ -361,20 +325,6 @@ async def backends_cpu(dsn: str, conn: asyncpg.Connection | None = None) -> floa
     return sum(_BACKENDS.values())
 
 
-async def fresh_database() -> str:
-    name = f"vigie_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return name
-
-
-async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
@@ -392,29 +342,26 @@ async def main() -> None:
                 prefix = f"b{uuid.uuid4().hex[:6]}"
                 messages = payloads(args.events, args.sites, args.sensors, prefix)
                 bare, bare_cpu = run_bare(port, messages, prefix, backlog)
-                name = await fresh_database()
-                dsn = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+                dsn = await create_database("vigie_bench")
                 try:
                     prefix2 = f"v{uuid.uuid4().hex[:6]}"
                     messages = payloads(args.events, args.sites, args.sensors, prefix2)
                     rate, rows, cpu, pg_cpu = await run_vigie(port, messages, prefix2, dsn, workdir,
                                                  args.sites, args.sensors, backlog)
                 finally:
-                    await drop_database(name)
-                ratio = rate / bare
+                    await drop_database(dsn)
                 verdict = "OK" if rows == args.events else "LOST/DUP"
                 print(f"[{mode}] N={args.events}: bare paho subscriber {bare:,.0f} msg/s; "
-                      f"vigie publish→durable row {rate:,.0f} msg/s; ratio {ratio:.2f} "
+                      f"vigie publish→durable row {rate:,.0f} msg/s; ratio {ratio(rate, bare):.2f} "
                       f"(target ≥ 0.6); rows {rows} ({verdict})")
                 if backlog:  # CPU time: a figure the machine's other load barely moves
                     print(f"[{mode}] CPU per message: bare {bare_cpu * 1e6:.1f} µs, vigie "
                           f"{cpu * 1e6:.1f} µs (its process) + {pg_cpu * 1e6:.1f} µs "
                           f"(its PostgreSQL backends); bare/vigie process "
-                          f"{bare_cpu / cpu:.2f}")
+                          f"{ratio(bare_cpu, cpu):.2f}")
         finally:
             broker.terminate()
             broker.wait()
-    _ = statistics  # medians come with repeated runs: run the script several times
 
 
 if __name__ == "__main__":

@@ -33,9 +33,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,38 +47,32 @@ import asyncpg
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-PG_ADMIN = os.environ.get("VIGIE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench._common import (
+    PG_ADMIN_DSN,
+    ROOT,
+    always_open,
+    cpu_seconds,
+    create_database,
+    drop_database,
+    free_port,
+    loadavg,
+    percentiles,
+    ratio,
+    start_broker,
+    start_vigie,
+    stop_vigie,
+    wait_sql,
+)
+
 SITES, SENSORS, PROBE_DOORS = 50, 20, 50
 PROBE_SITE = "clg-probe"
 WARMUP = 3.0  # background only, before the first probe
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
-
-
 def write_config(path: Path, dsn: str, mqtt_port: int, api_port: int) -> None:
-    always = ", ".join(f'{d}: "00:00-24:00"' for d in ("mon", "tue", "wed", "thu", "fri",
-                                                        "sat", "sun"))
+    always = always_open()
     lines = [
         "node: {name: bench-latency, data_dir: " + str(path.parent / "var") + "}",
         f'database: {{dsn: "{dsn}"}}',
@@ -211,23 +202,6 @@ def bare(port: int, received: Any, ready: Any, stop: Any) -> None:
     client.loop_stop()
 
 
-async def wait_sql(dsn: str, sql: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = await asyncpg.connect(dsn)
-            try:
-                value = await conn.fetchval(sql)
-                if value:
-                    return value
-            finally:
-                await conn.close()
-        except (OSError, asyncpg.PostgresError):
-            pass
-        await asyncio.sleep(0.1)
-    raise TimeoutError(sql)
-
-
 async def create_token(config: Path) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "vigie", "token", "create", "--role", "viewer", "--name",
@@ -294,29 +268,12 @@ async def ingest_batches(url: str) -> str:
     return f"{batches:,.0f} batches of {size:.1f} messages, {ms:.2f} ms each on average"
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentiles(values: list[float]) -> tuple[float, float, float]:
-    values = sorted(values)
-    p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-    return statistics.median(values), p99, values[-1]
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 async def run(args: argparse.Namespace, workdir: Path, dsn: str) -> int:
     broker, mqtt_port = start_broker(workdir)
     api_port = free_port()
     config = workdir / "vigie.yaml"
     write_config(config, dsn, mqtt_port, api_port)
-    node = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vigie", "run", "--config", str(config),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+    node = start_vigie(config)
     ctx = mp.get_context("spawn")
     stop_bg, stop_bare, go = ctx.Event(), ctx.Event(), ctx.Event()
     sent = ctx.Value("q", 0)
@@ -378,8 +335,7 @@ async def run(args: argparse.Namespace, workdir: Path, dsn: str) -> int:
         for p in processes:
             if p.is_alive():
                 p.terminate()
-        node.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(node.wait(), 30)
+        await stop_vigie(node)
         broker.terminate()
         broker.wait(10)
 
@@ -396,7 +352,7 @@ async def run(args: argparse.Namespace, workdir: Path, dsn: str) -> int:
     print(f"  bare paho (QoS 1): p50 {b50:6.2f} ms   p99 {b99:6.2f} ms   max {bmax:6.2f} ms"
           f"   ({len(base)}/{count} probes)")
     print(f"  vigie - baseline:  p50 {v50 - b50:6.2f} ms   p99 {v99 - b99:6.2f} ms;   ratio p99 "
-          f"{v99 / b99:.1f}x")
+          f"{ratio(v99, b99):.1f}x")
     for step, values in steps.items():
         s50, s99, smax = (x * 1000 for x in percentiles(values))
         print(f"    {step:<34} p50 {s50:6.2f} ms   p99 {s99:6.2f} ms   max {smax:6.2f} ms")
@@ -419,19 +375,19 @@ async def main() -> int:
     parser.add_argument("--async-commit", action="store_true",
                         help="synchronous_commit off on the benchmark's database")
     args = parser.parse_args()
-    name = f"vigie_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    if args.async_commit:
-        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-    await admin.close()
+    dsn = await create_database("vigie_bench")
     try:
+        if args.async_commit:
+            admin = await asyncpg.connect(PG_ADMIN_DSN)
+            try:
+                name = dsn.rpartition("/")[2]
+                await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+            finally:
+                await admin.close()
         with tempfile.TemporaryDirectory() as tmp:
-            return await run(args, Path(tmp), PG_ADMIN.rsplit("/", 1)[0] + "/" + name)
+            return await run(args, Path(tmp), dsn)
     finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(dsn)
 
 
 if __name__ == "__main__":

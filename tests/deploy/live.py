@@ -48,8 +48,9 @@ def camera_sites(rtsp: RtspServer) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
-async def camera_node(dsn: str, mqtt_url: str, rtsp: RtspServer) -> AsyncIterator[Node]:
-    config = make_config(dsn, mqtt_url, sites=camera_sites(rtsp))
+async def camera_node(dsn: str, mqtt_url: str, rtsp: RtspServer, **config_overrides: Any
+                      ) -> AsyncIterator[Node]:
+    config = make_config(dsn, mqtt_url, sites=camera_sites(rtsp), **config_overrides)
     try:
         async with running_node(config) as node:
             assert node.subscriber is not None and await node.subscriber.wait_connected(5)

@@ -25,7 +25,7 @@ CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 def test_amtool_checks_the_config() -> None:
     result = run(tool("amtool"), "check-config", str(CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout and "2 inhibit rules" in result.stdout
+    assert "SUCCESS" in result.stdout and "4 inhibit rules" in result.stdout
 
 
 @pytest.mark.parametrize(("labels", "receiver"), [
@@ -40,6 +40,13 @@ def test_amtool_checks_the_config() -> None:
     ({"alertname": "battery_low", "severity": "info", "site": "clg-pasteur"}, "techniciens"),
     ({"alertname": "VigieDatabaseDown", "severity": "critical", "instance": "n1:8080"},
      "exploitation"),
+    # The node's own faults go to whoever runs it, even a critical one.
+    ({"alertname": "VigieSpoolFull", "severity": "critical", "instance": "n1:8080"},
+     "exploitation"),
+    ({"alertname": "VigieCameraWorkerDown", "severity": "major", "instance": "n1:8080",
+      "worker": "1"}, "exploitation"),
+    ({"alertname": "VigieNotifierDeadLetters", "severity": "major", "instance": "n1:8080",
+      "notifier": "salle"}, "exploitation"),
     ({"alertname": "something", "site": "clg-a"}, "csu"),  # no severity: the default route
 ])
 def test_routing_by_severity_and_site(labels: dict[str, str], receiver: str) -> None:
@@ -164,6 +171,33 @@ async def test_an_unreachable_site_mutes_its_camera_alerts_only(
         assert paths[("VigieSiteUnreachable", "clg-a")] == "/alerts/critical"
         assert paths[("intrusion", "clg-a")] == "/alerts/critical"
         assert paths[("VigieCameraDown", "clg-b")] == "/alerts"
+
+
+async def test_a_node_fault_mutes_the_alerts_it_explains_on_that_node_only(
+        alertmanager: str, sink: tuple[Sink, int]) -> None:
+    received, _ = sink
+    async with aiohttp.ClientSession(alertmanager) as http:
+        async def post(*alerts: dict[str, Any]) -> None:
+            async with http.post("/api/v2/alerts", json=list(alerts)) as r:
+                assert r.status == 200, await r.text()
+
+        await post(_alert(alertname="VigieDatabaseDown", severity="critical", instance="n1"),
+                   _alert(alertname="VigieCameraWorkerDown", severity="major", instance="n1",
+                          worker="1"))
+        await _until(lambda: received.labels(alertname="VigieCameraWorkerDown"))
+        await post(*(_alert(alertname=name, severity="major", instance=node)
+                     for name in ("VigieSpoolGrowing", "VigieCamerasStale")
+                     for node in ("n1", "n2")),
+                   _alert(alertname="VigieSpoolFull", severity="critical", instance="n1"))
+        await _until(lambda: received.labels(alertname="VigieSpoolFull"))
+        await _until(lambda: len(received.labels(instance="n2")) == 2)
+        async with http.get("/api/v2/alerts") as r:
+            now = {(a["labels"]["alertname"], a["labels"]["instance"]): a["status"]["state"]
+                   for a in await r.json()}
+    assert now[("VigieSpoolGrowing", "n1")] == now[("VigieCamerasStale", "n1")] == "suppressed"
+    assert now[("VigieSpoolGrowing", "n2")] == now[("VigieCamerasStale", "n2")] == "active"
+    assert now[("VigieSpoolFull", "n1")] == "active"
+    assert {path for path, _ in received.received} == {"/ops"}
 
 
 def received_states(sink: Sink) -> set[tuple[str, str]]:

@@ -124,6 +124,27 @@ def test_progress_on_a_terminal_and_in_a_log() -> None:
     assert log.getvalue() == "migrations: 1/2 0001_init\nmigrations: 2/2 0002_feed\n"
 
 
+def test_progress_of_polled_work_in_a_log_is_a_line_per_change() -> None:
+    # Cameras learned, polled every second: a log gets a line when the count moves, and
+    # otherwise one every `plain_every` seconds (0 here: each poll), not one per poll.
+    log = io.StringIO()
+    with Progress("clg: references", total=3, stream=log, plain_every=3600) as p:
+        for done in (0, 0, 1, 1, 3):
+            p.update(done, note="learning")
+    assert log.getvalue().splitlines() == ["clg: references: 1/3 learning",
+                                           "clg: references: 3/3 learning"]
+    log = io.StringIO()
+    with Progress("clg: references", total=3, stream=log, plain_every=0) as p:
+        p.update(0, note="2 learning (40 %)")
+        p.update(0, note="2 learning (60 %)")
+    assert log.getvalue().splitlines() == ["clg: references: 0/3 2 learning (40 %)",
+                                           "clg: references: 0/3 2 learning (60 %)"]
+    tty = _Terminal()
+    with Progress("clg: references", total=2, stream=tty, min_interval=0) as p:
+        p.update(1, note="1 learning (50 %)")
+    assert "]  50% 1/2 1 learning (50 %)" in tty.getvalue()
+
+
 def test_progress_says_when_the_work_failed() -> None:
     tty = _Terminal()
     with pytest.raises(RuntimeError), Progress("import", total=3, stream=tty) as p:
@@ -192,6 +213,9 @@ def test_bash_completion() -> None:
     assert _complete(script, "vigie token create --role ") == [
         "admin", "operator", "technician", "viewer"]
     assert "--token" in _complete(script, "vigie status --")
+    assert _complete(script, "vigie cameras ")[0] == "relearn"
+    assert {"--site", "--camera", "--wait", "--timeout", "--url", "--token"} <= set(
+        _complete(script, "vigie cameras relearn --"))
     assert _complete(script, "vigie completion ")[:3] == ["bash", "zsh", "fish"]
     # A value that happens to be a command's name does not derail it.
     assert _complete(script, "vigie token create --name list --ro") == ["--role"]

@@ -60,18 +60,20 @@ ANNOUNCED_KEEP = 10_000  # per subscription; a stored copy never read back is fo
 _DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
                   asyncpg.exceptions.InternalClientError)
 _COLUMNS = "seq, type, at, site, payload::text AS payload"
-_LOCK = ("SET LOCAL lock_timeout = '5s'; "
-         # A writer that hangs inside its transaction must not hold every node's feed.
-         "SET LOCAL idle_in_transaction_session_timeout = '10s'; "
-         f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
-# Returns the rows as the followers read them (the writer's node dispatches them itself).
+# One statement, so one round trip and its own transaction: the cluster-wide lock first (seq
+# order is then commit order), the rows, the notification; the rows come back as the
+# followers read them, for the writer's node to dispatch itself. The lock is taken before
+# any row is numbered: every row comes through the join with `locked`. A writer waits for
+# the lock at most LOCK_WAIT seconds (the client cancels the statement).
+LOCK_WAIT = 5.0
 _INSERT = f"""
-    WITH added AS (
+    WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({WRITE_LOCK})),
+    added AS (
         INSERT INTO feed (at, type, site, payload)
-        SELECT at, type, site, payload::jsonb
-        FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[])
+        SELECT u.at, u.type, u.site, u.payload::jsonb
+        FROM locked, unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[])
              WITH ORDINALITY AS u(at, type, site, payload, n)
-        ORDER BY n
+        ORDER BY u.n
         RETURNING {_COLUMNS}
     ), notified AS (
         SELECT pg_notify('{CHANNEL}', max(seq)::text) FROM added)
@@ -435,16 +437,16 @@ class Feed:
     async def _insert(self, changes: list[_Change]) -> None:
         if not changes:
             return
-        async with self._store.transaction() as conn:
-            await conn.execute(_LOCK)
+        async with self._store.connection() as conn:
             rows = await conn.fetch(_INSERT, [c.at for c in changes],
                                     [c.type for c in changes], [c.site for c in changes],
-                                    [c.payload for c in changes])
+                                    [c.payload for c in changes], timeout=LOCK_WAIT)
         # Committed. This node's clients get them now, not after the notification's round
         # trip and a read: when nothing committed before them is still unread here (the
-        # advisory lock makes seq order commit order), they are next in line. Otherwise
-        # the follower reads them in order, with what comes before.
-        if rows and rows[0]["seq"] == self.head + 1:
+        # advisory lock makes seq order commit order), they are next in line. Otherwise,
+        # or when they are more than the follower hands clients at once (a burst must not
+        # look like a slow client), the follower reads them in order with what comes before.
+        if rows and rows[0]["seq"] == self.head + 1 and len(rows) <= self._page:
             for row in rows:
                 self._dispatch(FeedMessage.from_row(row))
 
@@ -483,10 +485,15 @@ class Feed:
                 async with asyncio.timeout(self.poll_every):
                     await wake.wait()
 
+    @property
+    def _page(self) -> int:
+        """Messages handed to clients at once: well below a client's queue, with the
+        clients' senders running in between, so that a burst does not look like a slow
+        client."""
+        return max(1, min(BATCH, self.client_queue // 2))
+
     async def _catch_up(self, conn: Any) -> None:
-        # Pages well below a client's queue, with the clients' senders running while the
-        # next one is read: a burst must not look like a slow client.
-        page = max(1, min(BATCH, self.client_queue // 2))
+        page = self._page
         while True:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM feed WHERE seq > $1 ORDER BY seq LIMIT $2",

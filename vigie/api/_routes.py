@@ -14,9 +14,11 @@ from aiohttp import web
 from vigie.alerts import AlertService, Schedule
 from vigie.alerts._feed import Feed
 from vigie.api._auth import Authenticator, Principal
+from vigie.api._cameras import site_camera_states
 from vigie.api._errors import ApiError
 from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
 from vigie.cameras import CameraSupervisor
+from vigie.cluster import CameraLeases
 from vigie.config import SENSOR_KINDS, Config
 from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
@@ -46,6 +48,8 @@ class ApiContext:
     feed: Feed | None = None
     # Where audit entries wait while the database is away (None: they are given up).
     audit_spool: AuditSpool | None = None
+    # Several nodes: which cameras this node watches; the others are read from PostgreSQL.
+    leases: CameraLeases | None = None
     openapi: dict[str, Any] = field(default_factory=dict)  # filled by make_api
 
 
@@ -165,7 +169,9 @@ async def openapi(request: web.Request, ctx: ApiContext, p: Principal | None,
 async def list_sites(request: web.Request, ctx: ApiContext, p: Principal,
                      q: dict[str, Any]) -> web.Response:
     counts = await _open_counts(ctx)
-    items = [_site_json(ctx, s.id, counts) for s in ctx.config.sites if p.sees(s.id)]
+    seen = {s.id for s in ctx.config.sites if p.sees(s.id)}
+    cameras = await site_camera_states(ctx, seen)
+    items = [_site_json(ctx, s.id, counts, cameras) for s in ctx.config.sites if s.id in seen]
     return ok({"items": items, "next_cursor": None})
 
 
@@ -174,7 +180,8 @@ async def get_site(request: web.Request, ctx: ApiContext, p: Principal,
     site = q["site"]
     if ctx.config.site(site) is None or not p.sees(site):
         raise ApiError(404, "not_found", f"site {site!r} not found")
-    return ok(_site_json(ctx, site, await _open_counts(ctx)))
+    return ok(_site_json(ctx, site, await _open_counts(ctx),
+                         await site_camera_states(ctx, {site})))
 
 
 async def _open_counts(ctx: ApiContext) -> dict[tuple[str, str], int]:
@@ -185,12 +192,16 @@ async def _open_counts(ctx: ApiContext) -> dict[tuple[str, str], int]:
         return ctx.alerts.open_counts()  # the database is away: what this node knows
 
 
-def _site_json(ctx: ApiContext, site_id: str, counts: dict[tuple[str, str], int]
-               ) -> dict[str, Any]:
+def _site_json(ctx: ApiContext, site_id: str, counts: dict[tuple[str, str], int],
+               cameras: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """`cameras`: each site's camera states when this node's memory does not have them all
+    (several nodes)."""
     site = ctx.config.site(site_id)
     assert site is not None
     states: dict[str, int] = {}
-    if ctx.cameras is not None:
+    if cameras is not None:
+        states = cameras.get(site_id, {})
+    elif ctx.cameras is not None:
         for cam in ctx.cameras.cameras.values():
             if cam.site.id == site_id:
                 states[cam.health.state] = states.get(cam.health.state, 0) + 1
@@ -329,6 +340,7 @@ def endpoints() -> list[Endpoint]:
     from vigie.api._cameras import camera_endpoints
     from vigie.api._nodes import node_endpoints
     from vigie.api._notifiers import notifier_endpoints
+    from vigie.api._relearn import relearn_endpoints
     from vigie.api._reports import report_endpoints
     from vigie.api._silences import silence_endpoints
     from vigie.api._stream import PATH as STREAM_PATH
@@ -336,7 +348,7 @@ def endpoints() -> list[Endpoint]:
 
     site_q = Param("site", description="site id (slug)")
     return [*camera_endpoints(), *silence_endpoints(), *report_endpoints(), *audit_endpoints(),
-            *node_endpoints(), *notifier_endpoints(),
+            *node_endpoints(), *notifier_endpoints(), *relearn_endpoints(),
         Endpoint("GET", "/healthz", healthz, "Liveness", "operations", None,
                  response="Health"),
         Endpoint("GET", "/readyz", readyz, "Readiness: database reachable, loops running",

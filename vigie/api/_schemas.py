@@ -121,6 +121,15 @@ SCHEMAS: dict[str, Any] = {
             "stale": {"type": "boolean",
                       "description": "its worker is late or restarting: last known state"},
             "last_report_at": _TS_NULL,
+            "reference": {"$ref": "#/components/schemas/ReferenceState"},
+            "node": {"type": "string", "nullable": True,
+                     "description": "several nodes: the node that watches the camera (null: "
+                                    "none holds its lease now)"},
+            "as_of": {**_TS_NULL, "description": "several nodes: null when the answering "
+                      "node watches the camera (live); else when its holder published the "
+                      "figures shown"},
+            "snapshot_at": {**_TS_NULL, "description": "several nodes, a camera watched "
+                            "elsewhere: when its published picture was taken"},
             "availability": {"type": "object", "properties": {
                 "24h": {"type": "number", "nullable": True},
                 "7d": {"type": "number", "nullable": True}}},
@@ -144,6 +153,34 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["camera", "site", "status"],
         "properties": {"camera": {"type": "string"}, "site": {"type": "string"},
                        "status": {"type": "string"}, "learn_for": {"type": "number"}},
+    },
+    "ReferenceState": {
+        "type": "object", "required": ["status"],
+        "description": "learned (learned_at, refreshed_at, samples); learning while the "
+                       "camera sends picture (progress 0..1, learned_for s, samples so far); "
+                       "none: no reference and nothing to learn from now (offline)",
+        "properties": {
+            "status": {"type": "string", "enum": ["learned", "learning", "none"]},
+            "learned_at": _TS, "refreshed_at": _TS, "samples": {"type": "integer"},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "learned_for": {"type": "number"}, "learn_for": {"type": "number"}},
+    },
+    "RelearnBody": {
+        "type": "object", "additionalProperties": False, "example": {"cameras": ["entree"]},
+        "properties": {"cameras": {
+            "type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string"},
+            "description": "camera ids of the site (default: every camera of the site)"}},
+    },
+    "RelearnSite": {
+        "type": "object", "required": ["site", "requested_at", "items"],
+        "properties": {
+            "site": {"type": "string"}, "requested_at": _TS,
+            "items": {"type": "array", "items": {
+                "type": "object", "required": ["camera", "state", "relearn"],
+                "properties": {
+                    "camera": {"type": "string"}, "state": {"type": "string"},
+                    "relearn": {"type": "string", "enum": ["learning", "not_watched_here"]},
+                    "learn_for": {"type": "number"}}}}},
     },
     "FeedStatus": {
         "type": "object", "required": ["head", "since_min", "following"],

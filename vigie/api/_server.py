@@ -16,7 +16,13 @@ from vigie.api._auth import Principal, client_address, forwarded_https
 from vigie.api._errors import ApiError, error_middleware, error_response
 from vigie.api._routes import ApiContext, endpoints
 from vigie.api._schemas import SCHEMAS
-from vigie.api._spec import Endpoint, audit_site, openapi_document, parse_params
+from vigie.api._spec import (
+    Endpoint,
+    audit_details,
+    audit_site,
+    openapi_document,
+    parse_params,
+)
 from vigie.errors import StoreUnavailable, VigieError
 from vigie.logs import REQUEST_ID
 from vigie.spool import AuditEntry
@@ -125,7 +131,8 @@ async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
         action=ep.operation_id, outcome=str(status), target=request.path,
         site=audit_site(request),
         remote=client_address(request, ctx.config.api.trusted_proxies),
-        details={"role": principal.role} if principal else {})
+        details={**audit_details(request),
+                 **({"role": principal.role} if principal else {})})
     try:
         async with ctx.store.connection() as conn:
             await audit.record(conn, actor=entry.actor, action=entry.action,

@@ -13,13 +13,24 @@ from aiohttp import web
 
 from vigie.api._errors import ApiError
 
-__all__ = ["ALL_ROLES", "Endpoint", "Param", "audit_site", "list_schema", "parse_params"]
+__all__ = ["ALL_ROLES", "Endpoint", "Param", "audit_details", "audit_site", "list_schema",
+           "parse_params"]
 
 ALL_ROLES = frozenset({"admin", "operator", "technician", "viewer"})
 
 
 
 _AUDIT_SITE = web.RequestKey("vigie.audit_site", str)
+_AUDIT_DETAILS = web.RequestKey("vigie.audit_details", dict[str, Any])
+
+
+def audit_details(request: web.Request, details: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """What an audited call acted on beyond its path (the cameras of a bulk re-learn): set
+    by its handler, added to the audit entry."""
+    if details is not None:
+        request[_AUDIT_DETAILS] = details
+    return request.get(_AUDIT_DETAILS) or {}
 
 
 def audit_site(request: web.Request, site: str | None = None) -> str | None:

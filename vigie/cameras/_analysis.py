@@ -73,6 +73,16 @@ class Analyser:
     def relearn(self) -> None:
         self._learner.relearn()
 
+    @property
+    def learning(self) -> tuple[float, int, float] | None:
+        """While the reference is being learned: (seconds of good picture, good frames,
+        progress 0..1) so far; None once there is one."""
+        learner = self._learner
+        if not learner.learning:
+            return None
+        return (round(learner.learned_for, 1), learner.learned_frames,
+                round(learner.progress, 3))
+
     def take_learned_reference(self) -> bytes | None:
         """A reference learned or refreshed since the last call, to store (once)."""
         learned, self._learned = self._learned, None

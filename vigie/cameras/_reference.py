@@ -59,6 +59,7 @@ __all__ = [
     "COARSE_SIZE",
     "Reference",
     "ReferenceFormatError",
+    "ReferenceInfo",
     "ReferenceLearner",
     "coarse",
     "scene_structure",
@@ -208,6 +209,26 @@ class Reference:
             raise ReferenceFormatError(str(exc)) from None
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceInfo:
+    """When a stored reference was learned and last refreshed, and from how many frames:
+    read from its header alone, for the API (the 14 kB structure map stays in the worker)."""
+
+    learned_at: float
+    refreshed_at: float
+    samples: int
+
+    @classmethod
+    def of(cls, data: bytes) -> ReferenceInfo | None:
+        """The header of `Reference.to_bytes` output; None when it is not one."""
+        if len(data) < _HEADER.size:
+            return None
+        magic, version, *_, learned, refreshed, samples = _HEADER.unpack_from(data)
+        if magic != _MAGIC or version != _VERSION:
+            return None
+        return cls(learned_at=learned, refreshed_at=refreshed, samples=samples)
+
+
 class ReferenceLearner:
     """Learns a camera's reference from good frames, then keeps it up to date.
 
@@ -255,6 +276,19 @@ class ReferenceLearner:
     def learned_for(self) -> float:
         """Seconds of good picture gathered so far by the current learning."""
         return self._good_time
+
+    @property
+    def learned_frames(self) -> int:
+        """Good frames gathered so far by the current learning."""
+        return self._count
+
+    @property
+    def progress(self) -> float:
+        """How far the current learning is, 0..1: both its time and its frames count."""
+        if self._reference is not None:
+            return 1.0
+        time_share = self._good_time / self._checks.learn_for if self._checks.learn_for else 1.0
+        return max(0.0, min(1.0, time_share, self._count / max(self._min_samples, 1)))
 
     def relearn(self) -> None:
         """Forget the reference and learn it again (after a planned change of view)."""

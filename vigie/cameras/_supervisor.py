@@ -41,6 +41,7 @@ from typing import Any
 from vigie.alerts import AlertService, Decision, Raise, Resolve
 from vigie.cameras._health import CameraHealth, HealthChange
 from vigie.cameras._history import MAX_SAMPLES, MAX_TRANSITIONS, CameraHistory
+from vigie.cameras._learning import ReferenceStatus
 from vigie.cameras._stream import CameraSpec
 from vigie.cameras._worker import Sample
 from vigie.cameras._workers import WorkerPool
@@ -92,6 +93,7 @@ class CameraState:
     snapshot_recorded: float | None = None
     analysed_counted: float | None = None
     gauges: dict[str, Any] = field(default_factory=dict)  # metric children, looked up once
+    reference: ReferenceStatus = field(default_factory=ReferenceStatus)
 
     @property
     def key(self) -> str:
@@ -157,6 +159,7 @@ class CameraSupervisor:
             # Alerts a previous run of the node left open: resolved when the camera is seen
             # fine, as if the node had never stopped.
             self._resume(state, unresolved.get(state.key, ()))
+            state.reference.known(references.get((state.site.id, state.camera.id)))
             state.worker = i % len(self._pool)
             self._watched.add(state.key)
             self._export_state(state)
@@ -238,6 +241,7 @@ class CameraSupervisor:
     def relearn(self, key: str) -> None:
         """Forget a camera's reference and learn a new one (after a planned change)."""
         state = self.cameras[key]
+        state.reference.relearn(time.time())
         self._pool.send(state.worker, "relearn", key)
         self.history.reference(state.site.id, state.camera.id, self._clock(), None)
 
@@ -250,7 +254,7 @@ class CameraSupervisor:
         elif message[0] == "reference":
             _, key, data = message
             state = self.cameras.get(key)
-            if state is not None:
+            if state is not None and state.reference.learned(data):
                 self.history.reference(state.site.id, state.camera.id, self._clock(), data)
 
     def _observe(self, sample: Sample) -> None:
@@ -534,6 +538,7 @@ class CameraSupervisor:
             self._watched.add(key)
             state.watching_since = now
             reference = (references or {}).get(key)
+            state.reference.known(reference)
             self._pool.send(state.worker, "add", self._spec(state, {} if reference is None else {
                 (state.site.id, state.camera.id): reference}))
         for key in self._judging - judge:
@@ -605,6 +610,8 @@ class CameraSupervisor:
             "error": "camera worker not reporting" if stale else (s.error if s else None),
             # Its worker is late or restarting: state and figures are the last known ones.
             "stale": stale, "last_report_at": iso(s.at) if s else None,
+            "reference": state.reference.view(s, state.checks.learn_for, receiving=(
+                s is not None and s.connected and not stale and self._watches(state.key))),
         }
 
 

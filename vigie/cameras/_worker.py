@@ -49,6 +49,8 @@ class Sample:
     check_seconds: float | None
     snapshot_at: float | None
     error: str | None
+    # While the reference is being learned: (seconds of good picture, good frames, 0..1).
+    learning: tuple[float, int, float] | None = None
 
 
 def _sample(w: StreamWatcher, now: float) -> Sample:
@@ -66,7 +68,7 @@ def _sample(w: StreamWatcher, now: float) -> Sample:
         width=w.stats.width, height=w.stats.height, codec=w.stats.codec,
         reconnects=w.stats.reconnects, reasons=frozenset(reasons), measures=a.measures,
         analysed_at=a.analysed_at, check_seconds=a.check_seconds, snapshot_at=a.snapshot_at,
-        error=w.stats.error,
+        error=w.stats.error, learning=a.learning,
     )
 
 

@@ -7,11 +7,13 @@ from vigie.cluster._leases import CameraLeases, CameraWatch, Superseded
 from vigie.cluster._plan import Census, LeaseClock, Member, claim_count, handovers
 from vigie.cluster._presence import NodePresence
 from vigie.cluster._sql import NodeRow, list_nodes
+from vigie.cluster._status import CameraStatusPublisher, latest_picture, remote_view
 
 __all__ = [
     "HEARTBEAT_LOCK",
     "MQTT_LOCK",
     "CameraLeases",
+    "CameraStatusPublisher",
     "CameraWatch",
     "Census",
     "Leadership",
@@ -22,5 +24,7 @@ __all__ = [
     "Superseded",
     "claim_count",
     "handovers",
+    "latest_picture",
     "list_nodes",
+    "remote_view",
 ]

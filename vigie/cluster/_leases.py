@@ -50,6 +50,9 @@ log = logging.getLogger("vigie.cluster")
 # A taker says 'ready' once packets flow, or after this long for a camera that sends none
 # (an offline camera has nothing to warm up, and must not hold the handover forever).
 WARM_UP = 5.0
+# A node silent this long was not restarted under its name: say so, this often.
+LOST_AFTER = 600.0
+LOST_WARN_EVERY = 3600.0
 DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, VigieError)
 
@@ -91,7 +94,13 @@ class CameraLeases:
         self.members = 0
         self._conn: Any = None
         self._wake = asyncio.Event()
+        # Pictures other nodes asked for, of cameras this node judges (vigie.cluster._status).
+        self.pictures_wanted: set[str] = set()
+        self.picture_asked = asyncio.Event()
         self._next_renew = -1.0
+        self._next_lost_check = 0.0
+        self._client_id = config.mqtt_client_id
+        self._shared = config.cluster.mqtt == "shared"
         self._registered = False
         self._stopped = False
 
@@ -144,6 +153,9 @@ class CameraLeases:
                 if self.lease.now() >= self._next_renew:
                     await self._renew(conn)
                 await self._round(conn)
+                if self.lease.now() >= self._next_lost_check:
+                    self._next_lost_check = self.lease.now() + LOST_WARN_EVERY
+                    await self._warn_lost(conn)
                 failures = 0
             except Superseded as exc:
                 log.error("%s; this process stops watching cameras", exc)
@@ -320,10 +332,15 @@ class CameraLeases:
             self._dsn, timeout=self._timeout,
             server_settings={"application_name": f"vigie-cluster {self.name}"[:63],
                              "statement_timeout": str(int(self._timeout * 1000))})
+        # Every statement on this connection is the lease protocol's: counted, so that
+        # what coordination costs the database is a figure (tests/bench/cluster.py).
+        queries = self._metrics.cluster_queries.labels("leases")
+        conn.add_query_logger(lambda record: queries.inc())
         try:
             if not self._registered:
                 await self._register(conn)
             await conn.add_listener(sql.CHANNEL, self._heard)
+            await conn.add_listener(sql.PICTURE_CHANNEL, self._picture_asked)
         except BaseException:
             await conn.close()
             raise
@@ -350,6 +367,29 @@ class CameraLeases:
         log.info("joined the cluster as %s (%d other live node(s), %d camera(s) configured)",
                  self.name, len(others), len(self._configured))
         await self._nudge(conn)
+
+    async def _warn_lost(self, conn: Any) -> None:
+        rows = await conn.fetch(sql.LOST, LOST_AFTER)
+        if not rows:
+            return
+        names = ", ".join(f"{r['name']} (silent {r['silent'].total_seconds() / 60:.0f} min)"
+                          for r in rows)
+        if self._shared:
+            # Its MQTT client id, as this node's is built from its own name.
+            ids = ", ".join(self._client_id.replace(self.name, r["name"], 1)
+                            if self.name in self._client_id else f"vigie-{r['name']}"
+                            for r in rows)
+            log.warning("node(s) %s lost and not restarted under their name: the broker "
+                        "keeps their share of the sensor events in their MQTT session(s) "
+                        "(%s); start a node under each name once to store them (README: "
+                        "orphaned MQTT sessions)", names, ids)
+        else:
+            log.warning("node(s) %s lost and not restarted under their name", names)
+
+    def _picture_asked(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload in self.judging:
+            self.pictures_wanted.add(payload)
+            self.picture_asked.set()
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload != str(self.incarnation):

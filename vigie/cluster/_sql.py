@@ -20,6 +20,9 @@ __all__ = ["CHANNEL", "NodeRow", "list_nodes"]
 # Nodes tell each other to look now rather than at their next round (a handover step, a
 # release, a node joining). Only a hint: every round reads the tables anyway.
 CHANNEL = "vigie_cluster"
+# A node asks the holder of a camera for its latest picture (payload "<site>/<camera>"):
+# see vigie.cluster._status.
+PICTURE_CHANNEL = "vigie_picture"
 
 PREVIOUS = """
 SELECT incarnation, state, clustered, expires_at > now() AS live FROM nodes WHERE name = $1
@@ -40,6 +43,14 @@ SET incarnation = EXCLUDED.incarnation, state = 'up', clustered = EXCLUDED.clust
 OTHERS = """
 SELECT name, clustered FROM nodes
 WHERE name <> $1 AND state = 'up' AND expires_at > now()
+"""
+
+# Clustered nodes up in the table but silent for long: dead, and not restarted under their
+# name (their MQTT session, if they shared a subscription group, holds their share).
+LOST = """
+SELECT name, now() - expires_at AS silent FROM nodes
+WHERE clustered AND state = 'up' AND expires_at < now() - make_interval(secs => $1)
+ORDER BY name
 """
 
 FORGET_OLD_NODES = "DELETE FROM nodes WHERE last_seen_at < now() - interval '30 days'"

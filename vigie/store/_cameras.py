@@ -10,13 +10,21 @@ from typing import Any
 __all__ = [
     "Transition",
     "availability",
+    "cluster_states",
+    "copy_kept",
+    "forget_status",
     "get_snapshot",
     "insert_samples",
     "insert_transitions",
     "keep_snapshot",
+    "kept_copy",
+    "kept_without_copy",
     "load_references",
+    "publish_snapshot",
+    "publish_status",
     "record_latest_snapshots",
     "save_reference",
+    "status_snapshot",
     "transitions",
 ]
 
@@ -160,3 +168,116 @@ async def get_snapshot(conn: Any, snapshot_id: int) -> dict[str, Any] | None:
         "SELECT id, site, camera, kind, taken_at, path, bytes FROM snapshots WHERE id = $1",
         snapshot_id)
     return dict(row) if row else None
+
+
+# --- several nodes: what each camera's holder publishes for the other nodes (0010) ----------
+
+async def publish_status(conn: Any, node: str, incarnation: Any,
+                         rows: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+    """(site, camera, view) of cameras this node holds, in one statement; how many were
+    written. Only where its lease is still live: a node that just handed a camera over (or
+    lost it) never overwrites its new holder's row with an older view."""
+    if not rows:
+        return 0
+    site, camera, view = zip(*rows, strict=True)
+    written: int = await conn.fetchval(
+        """WITH mine AS (
+               SELECT s.site, s.camera, s.view
+               FROM unnest($3::text[], $4::text[], $5::jsonb[]) AS s(site, camera, view)
+               JOIN camera_leases l ON l.camera = s.site || '/' || s.camera
+               WHERE l.incarnation = $2 AND l.expires_at > now()
+           ), upserted AS (
+               INSERT INTO camera_status (site, camera, node, updated_at, view)
+               SELECT site, camera, $1, now(), view FROM mine
+               ON CONFLICT (site, camera) DO UPDATE
+               SET node = excluded.node, updated_at = excluded.updated_at,
+                   view = excluded.view
+               RETURNING 1
+           )
+           SELECT count(*) FROM upserted""",
+        node, incarnation, list(site), list(camera), list(view))
+    return written
+
+
+async def publish_snapshot(conn: Any, node: str, incarnation: Any, site: str, camera: str,
+                           taken_at: datetime, jpeg: bytes) -> bool:
+    """The latest frame of a camera this node holds (see `publish_status`)."""
+    row = await conn.fetchval(
+        """INSERT INTO camera_status (site, camera, node, updated_at, view, snapshot,
+                                      snapshot_at)
+           SELECT $3, $4, $1, now(), '{}', $6, $5
+           FROM camera_leases l
+           WHERE l.camera = $3 || '/' || $4 AND l.incarnation = $2 AND l.expires_at > now()
+           ON CONFLICT (site, camera) DO UPDATE
+           SET node = excluded.node, snapshot = excluded.snapshot,
+               snapshot_at = excluded.snapshot_at
+           RETURNING true""",
+        node, incarnation, site, camera, taken_at, jpeg)
+    return bool(row)
+
+
+async def forget_status(conn: Any, keep_images_for: float) -> None:
+    """Rows of cameras configured nowhere any more (their lease row is gone), and images
+    older than the retention period (a camera nobody watches keeps no picture forever)."""
+    await conn.execute(
+        """DELETE FROM camera_status s WHERE NOT EXISTS (
+               SELECT 1 FROM camera_leases l WHERE l.camera = s.site || '/' || s.camera)""")
+    await conn.execute(
+        """UPDATE camera_status SET snapshot = NULL, snapshot_at = NULL
+           WHERE snapshot_at < now() - make_interval(secs => $1)""", keep_images_for)
+
+
+async def cluster_states(conn: Any, cameras: Sequence[tuple[str, str]]) -> dict[
+        tuple[str, str], dict[str, Any]]:
+    """What the database knows of cameras other nodes watch: their holder (a live lease),
+    the holder's last published view, and their last stored transition (written as it
+    happens, so it may be newer than the view)."""
+    if not cameras:
+        return {}
+    rows = await conn.fetch(
+        """SELECT c.site, c.camera,
+                  CASE WHEN l.expires_at > now() THEN l.node END AS holder,
+                  s.node AS reported_by, s.updated_at, s.view, s.snapshot_at,
+                  t.at AS changed_at, t.state, t.reasons
+           FROM unnest($1::text[], $2::text[]) AS c(site, camera)
+           LEFT JOIN camera_leases l ON l.camera = c.site || '/' || c.camera
+           LEFT JOIN camera_status s ON s.site = c.site AND s.camera = c.camera
+           LEFT JOIN LATERAL (
+               SELECT at, state, reasons FROM camera_transitions t
+               WHERE t.site = c.site AND t.camera = c.camera ORDER BY at DESC LIMIT 1
+           ) t ON true""",
+        [site for site, _ in cameras], [camera for _, camera in cameras])
+    return {(r["site"], r["camera"]): dict(r) for r in rows}
+
+
+async def kept_without_copy(conn: Any, cameras: Sequence[str], within: float, limit: int
+                            ) -> list[tuple[int, str]]:
+    """(id, path) of pictures of `cameras` ("<site>/<camera>") kept for alerts in the last
+    `within` seconds that have no copy in the database yet."""
+    if not cameras:
+        return []
+    rows = await conn.fetch(
+        """SELECT s.id, s.path FROM snapshots s
+           WHERE s.kind = 'kept' AND s.taken_at > now() - make_interval(secs => $2)
+             AND s.site || '/' || s.camera = ANY($1::text[])
+             AND NOT EXISTS (SELECT 1 FROM snapshot_images i WHERE i.id = s.id)
+           ORDER BY s.id LIMIT $3""", list(cameras), within, limit)
+    return [(r["id"], r["path"]) for r in rows]
+
+
+async def copy_kept(conn: Any, snapshot_id: int, data: bytes) -> None:
+    await conn.execute("INSERT INTO snapshot_images (id, data) VALUES ($1, $2) "
+                       "ON CONFLICT DO NOTHING", snapshot_id, data)
+
+
+async def kept_copy(conn: Any, snapshot_id: int) -> bytes | None:
+    data = await conn.fetchval("SELECT data FROM snapshot_images WHERE id = $1", snapshot_id)
+    return bytes(data) if data is not None else None
+
+
+async def status_snapshot(conn: Any, site: str, camera: str) -> tuple[bytes, datetime] | None:
+    """A camera's latest frame as its holder published it."""
+    row = await conn.fetchrow(
+        "SELECT snapshot, snapshot_at FROM camera_status WHERE site = $1 AND camera = $2 "
+        "AND snapshot IS NOT NULL", site, camera)
+    return (bytes(row["snapshot"]), row["snapshot_at"]) if row else None
