@@ -51,6 +51,7 @@ def test_an_intrusion_during_an_outage_is_raised_at_once_and_stored_once(
     vigie = VigieProcess(config, tmp_path / "vigie.log")
     load = LoadPublisher(broker.url, mixed_load(), rate=RATE)
     feed: FeedClient | None = None
+    resumed: FeedClient | None = None
     try:
         vigie.start()
         token = new_token(cluster_dsn)
@@ -99,7 +100,6 @@ def test_an_intrusion_during_an_outage_is_raised_at_once_and_stored_once(
         assert wait_until(lambda: [m for m in resumed.about(intrusion)
                                    if m["provisional"] and m["alert"]["count"] == 3], 10,
                           "the repeats on the resumed console")
-        resumed.close()
         # An operator's action cannot be done without the database, but it is audited.
         status, refused = vigie.get(f"/api/v1/alerts/{intrusion}/ack", token, method="POST")
         assert status == 503 and refused["error"]["code"] == "database_unavailable"
@@ -118,10 +118,16 @@ def test_an_intrusion_during_an_outage_is_raised_at_once_and_stored_once(
                             if m["alert"]["source"] == "tech-0" and m["seq"] is not None],
                    60, "a stored change after the replay on the live feed")
         notified = wait_until(lambda: sink.about(intrusion), 60, "the intrusion notified")
+    except BaseException:  # nothing left running behind a failure
+        load.close()
+        vigie.stop()
+        sink.close()
+        raise
     finally:
         load.stop()
-        if feed is not None:
-            feed.close()
+        for client in (feed, resumed):
+            if client is not None:
+                client.close()
     try:
         load.wait_acked(60)
         acked = set(load.acked)
