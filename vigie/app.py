@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -48,14 +49,14 @@ from vigie.cluster import (
 )
 from vigie.config import Config, MqttConfig
 from vigie.console import install_console
-from vigie.errors import VigieError
+from vigie.errors import StoreUnavailable, VigieError
 from vigie.metrics import Metrics
 from vigie.notify import Notifiers
 from vigie.retention import RetentionJob
 from vigie.sensors import HeartbeatMonitor, IngestWriter, MqttSubscriber, TopicRouter
 from vigie.sensors._inbox import Inbox
 from vigie.sensors._mqtt import Received
-from vigie.spool import Spool
+from vigie.spool import AuditSpool, Spool
 from vigie.store import Store
 from vigie.store._migrate import MigrationProgress
 from vigie.store._sync import sync_config
@@ -67,6 +68,9 @@ log = logging.getLogger("vigie")
 # Of the shutdown budget, what is kept for the steps after the ingest drain (cameras, feed,
 # database): the drain gets the rest.
 AFTER_DRAIN = 0.4
+# Seconds between attempts at a database away at start: one connection attempt is cheap,
+# and the node is not ready until it gets through.
+RETRY_MIN, RETRY_MAX = 0.25, 2.0
 
 
 @dataclass
@@ -89,6 +93,9 @@ class Node:
     leases: CameraLeases | None = None  # several nodes: this node's share of the cameras
     mqtt_election: Leadership | None = None  # cluster.mqtt: elected
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Started while PostgreSQL was away: what the parts put off until it answers (run in
+    # order once migrated and synced, by `_open_when_reachable`).
+    deferred: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     stopping_since: float | None = None  # time.monotonic() when shutdown began
 
@@ -122,8 +129,7 @@ class Node:
             log.error("loop %s did not stop within %.0fs", t.get_name(), budget)
 
     def readiness(self) -> dict[str, str]:
-        checks = {"database": "ok" if self.store.available else (
-            f"database unreachable: {self.store.unavailable}")}
+        checks = {"database": self.store.why_unavailable or "ok"}
         standby = self.mqtt_election is not None and not self.mqtt_election.leading
         if self.subscriber is not None and not standby:
             checks["mqtt"] = "ok" if self.subscriber.connected else (
@@ -171,6 +177,70 @@ async def open_store(config: Config, stack: AsyncExitStack, dsn: str | None = No
     return store
 
 
+async def _store_for_node(config: Config, stack: AsyncExitStack, dsn: str) -> Store:
+    """`open_store`, or, if a configured PostgreSQL cannot be reached, a store that waits for
+    it (`Store.open_later`): a node restarted during an outage must come up and spool. The
+    embedded server is vigie's own: it is up, or the node does not start."""
+    try:
+        return await open_store(config, stack, dsn)
+    except StoreUnavailable as exc:
+        if config.database.connect_dsn() is None:
+            raise
+        log.warning("%s; starting without it: migrations, config sync and the spool's "
+                    "replay wait until it answers", exc)
+        store = await Store.open_later(dsn, size=config.database.pool_size,
+                                       timeout=config.database.connect_timeout,
+                                       reason=str(exc))
+        stack.push_async_callback(store.close)
+        return store
+
+
+async def _open_when_reachable(node: Node) -> None:
+    """Started while PostgreSQL was away: once it answers, migrate (under the advisory
+    lock: other nodes may be at it too) and sync the config, then open the store to the
+    rest of the node (the ingest writer replays its spool) and run what the parts put off."""
+    delay = RETRY_MIN
+    while True:
+        try:
+            applied = await node.store.migrate()
+            async with node.store.connection(before_ready=True) as conn:
+                await sync_config(conn, node.config)
+                if node.feed is not None:  # before any change is written
+                    await node.feed.start_on(conn)
+            break
+        except StoreUnavailable:
+            pass  # still away
+        except Exception as exc:  # reachable, but cannot be set up: say so, try again
+            log.error("database reachable but not ready: %s", exc)
+            node.store.pending = f"cannot be set up: {exc}"
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(2 * delay, RETRY_MAX)
+    log.info("database reached: schema migrated (%d migration(s)), config synced", applied)
+    node.store.opened()
+    node.metrics.db_up.set(1)
+    for step in node.deferred:
+        while True:
+            try:
+                await step()
+                break
+            except StoreUnavailable:  # away again already: the step waits for it
+                await asyncio.sleep(RETRY_MAX * random.uniform(0.5, 1.5))
+            except VigieError as exc:
+                log.warning("deferred start-up step failed: %s", exc)
+                break
+    node.deferred.clear()
+    node.tasks.pop("db-start", None)  # done, not dead: /readyz must not call it stopped
+
+
+async def _now_or_later(node: Node, step: Callable[[], Awaitable[object]]) -> None:
+    """A start-up step that needs the database: now, or, if the node started without it,
+    once it answers (`_open_when_reachable`)."""
+    if node.store.pending:
+        node.deferred.append(step)
+    else:
+        await step()
+
+
 async def _ping_forever(node: Node, interval: float = 2.0) -> None:
     """Notice an outage while nothing else uses the database, and reconnect after one: while
     the store is marked away, a ping fails at once until its (backed-off, jittered) time to
@@ -209,9 +279,14 @@ async def _sensors(node: Node) -> AsyncIterator[None]:
                           spool_limit=config.spool.max_size, node=config.node.name,
                           replay_batch=config.spool.replay_batch)
     node.subscriber, node.writer = subscriber, writer
-    silent = await _seed_last_seen(node.store, writer.last_seen)
-    heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock,
-                                 silent)
+    heartbeat = HeartbeatMonitor(config, rules, node.alerts, writer.last_seen, node.clock)
+
+    async def seed() -> None:
+        heartbeat.carry_silent(await _seed_last_seen(node.store, writer.last_seen))
+
+    await _now_or_later(node, seed)
+    if node.store.pending:
+        node.deferred.append(writer.retry_soon)
     node.spawn("ingest-writer", writer.run())
     if heartbeat.enabled and config.cluster.enabled:
         # Each node stores only its share of the events: one node at a time watches for
@@ -304,6 +379,7 @@ async def _feed(node: Node, dsn: str) -> AsyncIterator[None]:
                 keep_seconds=node.config.retention.feed)
     await feed.start()
     node.alerts.subscribe(feed.alert_changed)
+    node.alerts.subscribe_provisional(feed.announce)
     node.feed = feed
     node.spawn("feed", feed.run())
     try:
@@ -338,6 +414,8 @@ async def _cameras(node: Node) -> AsyncIterator[None]:
     node.cameras = supervisor
     supervisor.on_state = node.feed.camera_state if node.feed else None
     await supervisor.start(watch_all=not node.config.cluster.enabled)
+    if node.store.pending and not node.config.cluster.enabled:
+        node.deferred.append(supervisor.carry_open_alerts)
     node.spawn("cameras", supervisor.run())
     _measure(node, "camera_history", supervisor.backlog, supervisor.backlog_limit)
     storms = node.alerts.storms
@@ -403,8 +481,16 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
     if node.config.cluster.enabled:
         leases = CameraLeases(node.config, node.dsn, node.cameras, node.metrics)
         node.leases = leases
-        await leases.start()
-        node.spawn("cluster", leases.run())
+        if node.store.pending:
+            # Started while the database was away: no lease can be proven, so no camera is
+            # watched until the rounds (which register the node) run on a migrated schema.
+            async def join() -> None:
+                node.spawn("cluster", leases.run())
+
+            node.deferred.append(join)
+        else:
+            await leases.start()
+            node.spawn("cluster", leases.run())
         node.spawn("camera-status", CameraStatusPublisher(
             node.store, node.cameras, leases, node.config.retention.snapshots,
             node.metrics, node.config.node.data_dir).run())
@@ -416,7 +502,7 @@ async def _cluster(node: Node) -> AsyncIterator[None]:
         return
     cameras = node.cameras
     presence = NodePresence(node.config.node.name, node.store, lambda: len(cameras.cameras))
-    await presence.start()
+    await _now_or_later(node, presence.start)
     node.spawn("presence", presence.run())
     try:
         yield
@@ -445,11 +531,17 @@ async def _correlation(node: Node) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _api(node: Node) -> AsyncIterator[None]:
     config = node.config
+    audit: AuditSpool | None = None
+    if config.spool.enabled:  # audit entries of calls made while the database is away
+        audit = await AuditSpool.open(config.node.data_dir / "spool-audit", node.store,
+                                      config.node.name)
+        node.metrics.queue_length.labels("audit_spool").set_function(lambda: audit.pending)
+        node.spawn("audit-spool", audit.run())
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
                      auth=Authenticator(node.store, config.api.auth_failures_per_minute),
                      schedule=node.schedule or Schedule(()),
                      readiness=node.readiness, clock=node.clock, cameras=node.cameras,
-                     feed=node.feed, leases=node.leases)
+                     feed=node.feed, audit_spool=audit, leases=node.leases)
     app = make_api(ctx)
     install_stream(app, node.feed)
     install_console(app)
@@ -466,6 +558,9 @@ async def _api(node: Node) -> AsyncIterator[None]:
         yield
     finally:
         await runner.cleanup()
+        if audit is not None:  # what waits stays on disk for the next start
+            await node.stop("audit-spool", budget=1.0)
+            await audit.close()
 
 
 @asynccontextmanager
@@ -480,16 +575,17 @@ async def running_node(
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_summary, started)  # runs last, after everything stopped
         dsn = await database_dsn(config, stack)
-        store = await open_store(config, stack, dsn)
-        async with store.connection() as conn:
-            await sync_config(conn, config)
-        metrics.db_up.set(1)
+        store = await _store_for_node(config, stack, dsn)
+        if store.available:
+            async with store.connection() as conn:
+                await sync_config(conn, config)
+        metrics.db_up.set(1 if store.available else 0)
         alerts = AlertService(store, metrics, clock, escalation_by_severity(config))
         if config.alerts.storm.enabled:
             alerts.storms = StormGuard(config, metrics, clock)
-        await alerts.refresh()
         node = Node(config=config, metrics=metrics, clock=clock, store=store, alerts=alerts,
                     schedule=load_schedule(config), dsn=dsn)
+        await _now_or_later(node, alerts.refresh)
         started.append(node)
         stack.push_async_callback(node.stop, *("db-ping", "alerts-refresh", "retention"))
         node.spawn("db-ping", _ping_forever(node))
@@ -507,6 +603,9 @@ async def running_node(
         node.spawn("alert-timers", AlertTimers(alerts).run())
         stack.push_async_callback(node.stop, "alert-timers")
         await stack.enter_async_context(_api(node))
+        if store.pending:  # after every part put off what it must: nothing races the list
+            node.spawn("db-start", _open_when_reachable(node))
+            stack.push_async_callback(node.stop, "db-start")
         try:
             yield node
         finally:

@@ -4,6 +4,7 @@ refused for real), samples bounded, transitions never lost, the spool across a r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -126,12 +127,13 @@ async def test_while_the_database_is_away_samples_are_bounded_and_no_transition_
             for i in range(200):
                 history.sample(sample(i))
             await eventually(lambda: _failing(metrics), timeout=10)
-            # Beyond 20 in memory, transitions wait in the spool; samples beyond 50 go.
+            # Transitions wait, all of them on disk once a round has failed (a kill loses
+            # none); samples beyond 50 go.
             assert history.pending()["transition"] == 100
             assert history.pending()["sample"] == 50
             assert metric(metrics, "vigie_camera_history_dropped_total", kind="sample") == 150
             spool = tmp_path / "spool" / "camera-transitions.jsonl"
-            assert len(spool.read_text().splitlines()) == 80
+            assert len(spool.read_text().splitlines()) == 100
             await asyncio.sleep(1)  # a few more failed rounds change none of it
             assert history.pending()["transition"] == 100
         # Back: every transition is written, in order, and the spool is gone.
@@ -177,6 +179,36 @@ async def test_transitions_not_written_at_a_stop_are_written_at_the_next_start(
     written = await rows(store, "SELECT details FROM camera_transitions ORDER BY id")
     assert [r["details"]["i"] for r in written] == list(range(31))
     assert not spool.exists()
+
+
+async def test_a_node_killed_with_the_database_away_loses_no_transition_nor_alert(
+    store: Store, fresh_dsn: str, metrics: Metrics, tmp_path: Path
+) -> None:
+    history = make_history(store, metrics, tmp_path)
+    writer = asyncio.create_task(history.run())
+    kept = tmp_path / "spool" / "camera-decisions.jsonl"
+    async with database_away(fresh_dsn):
+        history.transition(transition(1))
+        history.decisions([Raise(occurrence("offline"))], None)
+        await eventually(lambda: _failing(metrics), timeout=10)
+        # What comes once a round failed goes straight to disk too.
+        history.transition(transition(2))
+        frozen = Raise(dataclasses.replace(occurrence("frozen"), at=T0 + timedelta(seconds=2)))
+        history.decisions([frozen], tmp_path / "latest.jpg")
+        assert len(kept.read_text().splitlines()) == 2
+        writer.cancel()  # killed: no flush, no stop
+        await asyncio.gather(writer, return_exceptions=True)
+
+    again = make_history(store, Metrics("test"), tmp_path)  # the next start
+    assert again.pending()["transition"] == 2 and again.pending()["decision"] == 2
+    assert await again.flush(budget=10)
+    written = await rows(store, "SELECT at, state FROM camera_transitions ORDER BY at")
+    assert [(r["at"], r["state"]) for r in written] == [(T0 + timedelta(seconds=1), "offline"),
+                                                        (T0 + timedelta(seconds=2), "ok")]
+    alerts = await rows(store, "SELECT kind, opened_at, count FROM alerts ORDER BY kind")
+    assert [(a["kind"], a["opened_at"], a["count"]) for a in alerts] == [
+        ("frozen", T0 + timedelta(seconds=2), 1), ("offline", T0, 1)]
+    assert not kept.exists() and not (tmp_path / "spool" / "camera-transitions.jsonl").exists()
 
 
 async def test_a_flush_during_the_background_writes_writes_each_row_once(

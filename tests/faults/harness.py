@@ -142,14 +142,15 @@ class VigieProcess:
         self._sampler: threading.Thread | None = None
         self._sampling = threading.Event()
 
-    def start(self, ready_timeout: float = 60) -> None:
+    def start(self, ready_timeout: float = 60, *, ready: bool = True) -> None:
+        """Start, and wait until ready (`ready=False`: until merely alive, /healthz)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIE_")}
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vigie", "run", "--config", str(self.config)],
                 cwd=ROOT, env=env, stdout=sink, stderr=sink)
         deadline = time.monotonic() + ready_timeout
-        while not self.ready():
+        while not (self.ready() if ready else self.alive()):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vigie exited with {self.proc.returncode}:\n"
                                    f"{self.log_tail()}")
@@ -182,6 +183,13 @@ class VigieProcess:
             return status, json.loads(body)
         except ValueError:
             return status, body.decode(errors="replace")
+
+    def alive(self) -> bool:
+        try:
+            status, _ = self.get("/healthz", timeout=2)
+        except OSError:
+            return False
+        return status == 200
 
     def ready(self) -> bool:
         try:

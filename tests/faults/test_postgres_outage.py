@@ -3,11 +3,11 @@
 On real parts: `vigie run`, our own PostgreSQL cluster (pg_ctl), our own Mosquitto, a live
 RTSP camera. While the database is away vigie acknowledges from its spool, says it is not
 ready and why, serves camera states and open alerts from memory, refuses writes with 503,
-and keeps judging its camera. When the database is back every event the broker
-acknowledged to the publisher is stored exactly once (keyless door events included: their
-key is their reception, so only a double delivery or a double replay could store one
-twice), and the camera's transition and alert raised during the outage are stored with
-their original timestamps.
+and keeps judging its camera (its changes pushed to the live feed at once). When the
+database is back every event the broker acknowledged to the publisher is stored exactly
+once (keyless door events included: their key is their reception, so only a double
+delivery or a double replay could store one twice), and the camera's transition and alert
+raised during the outage are stored with their original timestamps.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 from tests.cameras.harness import RtspServer
 from tests.conftest import Mosquitto
+from tests.faults.clients import FeedClient
 from tests.faults.common import (
     SITE,
     mib,
@@ -51,11 +52,13 @@ def test_postgres_down_for_a_minute_under_load_loses_and_duplicates_nothing(
         defaults={"camera": {"offline_after": "2s"}})
     vigie = VigieProcess(config, tmp_path / "vigie.log")
     load = LoadPublisher(broker.url, mixed_load(), rate=RATE)
+    feed: FeedClient | None = None
     try:
         vigie.start()
         token = new_token(cluster_dsn)
         status, _ = vigie.get("/api/v1/cameras", token)  # the operator is logged in
         assert status == 200
+        feed = FeedClient(vigie.api, token).start()
         load.start()
         # An intrusion before the outage: its alert stays open (only an operator resolves
         # it), while the doors' alerts open and close with the load.
@@ -91,6 +94,10 @@ def test_postgres_down_for_a_minute_under_load_loses_and_duplicates_nothing(
         rtsp_server.fault("faults-entree", "stop")
         wait_until(lambda: vigie.get("/api/v1/cameras", token)[1]["items"][0]["state"]
                    == "offline", 30, "the camera seen offline from memory")
+        # And told to the live feed at once, before it can be stored.
+        wait_until(lambda: [m for m in feed.of_type("camera.state") if m.get("provisional")
+                            and m["camera"]["state"] == "offline"], 30,
+                   "the camera's change on the live feed")
         spooled = wait_until(lambda: vigie.metrics().get("vigie_spool_messages", 0) > 1000
                              and vigie.metrics()["vigie_spool_messages"], 30,
                              "messages spooled")
@@ -107,6 +114,8 @@ def test_postgres_down_for_a_minute_under_load_loses_and_duplicates_nothing(
         time.sleep(5)  # and the load goes on, written directly again
     finally:
         load.stop()
+        if feed is not None:
+            feed.close()
     try:
         load.wait_acked(60)
         acked = set(load.acked)

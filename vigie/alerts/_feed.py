@@ -7,6 +7,14 @@ lock, so seq order is commit order, and announces them with pg_notify. Every nod
 a connection of its own and reads the rows after the last one it dispatched, by seq: a
 notification that comes late, out of order or not at all (while reconnecting) leaves no
 gap. Each client has a bounded queue; one that cannot keep up is dropped, never waited for.
+
+While the database is away nothing is numbered, yet an intrusion must still reach the
+operators watching this node: `announce` hands the alert changes made in memory (see
+AlertService.announce) straight to the subscriptions that take them (the WebSocket clients),
+as provisional messages without a seq, and so does `camera_state` with what it cannot write.
+When the database is back, the stored change is written and read back as usual; a
+subscription that was told the provisional `opened` or `resolved` of that alert skips it
+(it would be a second page for the same alert).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from vigie.alerts._service import AlertChange, Clock, utc_now
-from vigie.errors import StoreError, VigieError
+from vigie.errors import StoreError, StoreUnavailable, VigieError
 from vigie.metrics import Metrics
 from vigie.secrets import redact_text
 from vigie.store import Store
@@ -42,6 +50,10 @@ WRITE_LOCK = 0x76696769_6566  # "vigief": taken by every node's writer, in every
 BATCH = 500  # changes per insert, rows per read
 RETRY_MIN, RETRY_MAX = 0.2, 15.0
 SLOW, LAGGED, SHUTDOWN = "slow", "lagged", "shutdown"  # why a subscription was closed
+# Provisional changes a subscription remembers, to skip their stored copy: the ones a
+# second copy of which would page an operator again.
+ANNOUNCED_ONCE = ("alert.opened", "alert.resolved")
+ANNOUNCED_KEEP = 10_000  # per subscription; a stored copy never read back is forgotten
 
 # InternalClientError: asyncpg's protocol confused by a server going away mid-query (seen
 # when PostgreSQL is stopped under load): a lost connection like the others.
@@ -66,6 +78,7 @@ _INSERT = f"""
     ), notified AS (
         SELECT pg_notify('{CHANNEL}', max(seq)::text) FROM added)
     SELECT added.* FROM added, notified ORDER BY seq"""
+_END = "SELECT greatest(trimmed_through, (SELECT max(seq) FROM feed)) FROM feed_horizon"
 _TRIM = """
     WITH cut AS (
         SELECT greatest(
@@ -91,6 +104,9 @@ class FeedMessage:
     type: str
     site: str
     wire: str  # the JSON text clients get, encoded once for all of them
+    # Told while the database is away: not stored yet, no seq of its own (`seq` is the
+    # node's head then, and `wire` says `"seq": null, "provisional": true`).
+    provisional: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> FeedMessage:
@@ -122,7 +138,8 @@ class Subscription:
     `start`, in order. Closed, and emptied, when `limit` messages wait unsent (SLOW) or the
     node shuts down (SHUTDOWN)."""
 
-    def __init__(self, sites: frozenset[str] | None, start: int, limit: int) -> None:
+    def __init__(self, sites: frozenset[str] | None, start: int, limit: int,
+                 provisional: bool = False) -> None:
         self.sites = sites
         self.start = start
         self.closed_because: str | None = None
@@ -130,6 +147,9 @@ class Subscription:
         self._queue: deque[FeedMessage] = deque()
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
+        # Takes provisional messages; (type, alert id) of those told, until their stored
+        # copy comes (insertion-ordered: the oldest is forgotten first).
+        self.announced: dict[tuple[str, str], None] | None = {} if provisional else None
 
     def offer(self, message: FeedMessage) -> bool:
         """Queue a message (if the client may see it); False if that closes the
@@ -137,11 +157,32 @@ class Subscription:
         if self.closed_because is not None or (
                 self.sites is not None and message.site not in self.sites):
             return True
+        if (self.announced is not None or message.provisional) and not self._news(message):
+            return True
         if len(self._queue) >= self._limit:
             self.close(SLOW)
             return False
         self._queue.append(message)
         self._ready.set()
+        return True
+
+    def _news(self, message: FeedMessage) -> bool:
+        """Whether a message is news to this client: a provisional one only to a client that
+        takes them, the stored copy of one it was told not."""
+        announced = self.announced
+        if announced is None:
+            return not message.provisional
+        if (not message.provisional and not announced) or message.type not in ANNOUNCED_ONCE:
+            return True  # the usual case: no message parsed again
+        key = (message.type, _alert_id(message))
+        if message.provisional:
+            announced[key] = None
+            if len(announced) > ANNOUNCED_KEEP:
+                del announced[next(iter(announced))]
+            return True
+        if key in announced:
+            del announced[key]
+            return False
         return True
 
     def close(self, reason: str) -> None:
@@ -181,6 +222,7 @@ class Feed:
         self.poll_every = poll_every  # in case a notification is lost: read anyway
         self.trim_every = trim_every
         self.head = 0  # seq of the newest message dispatched on this node
+        self._positioned = False  # `head` read from the database (`start`)
         self.following = False  # listening to the database right now
         self._outbox: deque[_Change] = deque()
         self._repeats: dict[uuid.UUID, _Change] = {}  # repeats waiting, by alert id
@@ -202,9 +244,23 @@ class Feed:
                           registry=r)
 
     async def start(self) -> None:
-        """Dispatch from the current end of the feed: a node does not replay history."""
-        _, self.head = await self.position()
+        """Dispatch from the current end of the feed: a node does not replay history. With
+        the database away, the end is read later (`start_on`), before anything is written."""
+        try:
+            _, self.head = await self.position()
+        except StoreUnavailable:
+            self._positioned = False
+            return
+        self._positioned = True
         self._seq.set(self.head)
+
+    async def start_on(self, conn: Any) -> None:
+        """`start`, late, on the given connection (a node started while the database was
+        away, before its store opens to the writers); no-op if the follower did it first."""
+        if not self._positioned:
+            self.head = int(await conn.fetchval(_END))
+            self._positioned = True
+            self._seq.set(self.head)
 
     # producers: called on the event loop, never wait ---------------------------------------
 
@@ -224,12 +280,34 @@ class Feed:
         else:
             self._repeats.pop(change.alert.id, None)  # later news: do not fold into older
 
+    def announce(self, change: AlertChange) -> None:
+        """An AlertService listener of changes made in memory while the database is away:
+        straight to this node's clients that take provisional messages."""
+        self._tell_now(f"alert.{change.action}", change.alert.site, self._clock(),
+                       {"actor": change.actor, "alert": change.alert.to_json()})
+
     def camera_state(self, site: str, camera: str, state: str, reasons: Iterable[str],
                      at: datetime) -> None:
         """The camera supervisor's hook: a camera's state or reasons changed."""
-        self._publish("camera.state", site, at, {"camera": {
-            "id": camera, "site": site, "state": state, "reasons": sorted(reasons),
-            "since": at.isoformat()}})
+        body = {"camera": {"id": camera, "site": site, "state": state,
+                           "reasons": sorted(reasons), "since": at.isoformat()}}
+        self._publish("camera.state", site, at, body)
+        if not self._store.available:
+            # Not written before the database is back: this node's clients see it now (the
+            # stored copy comes later; a state told twice is the same state).
+            self._tell_now("camera.state", site, at, body)
+
+    def _tell_now(self, type_: str, site: str, at: datetime, body: dict[str, Any]) -> None:
+        """A provisional message (no seq) to the subscriptions that take them."""
+        wire = orjson.dumps({"seq": None, "type": type_, "at": at.isoformat(), "site": site,
+                             "provisional": True, **body}).decode()
+        message = FeedMessage(self.head, type_, site, wire, provisional=True)
+        behind = [s for s in self._subscriptions
+                  if s.announced is not None and not s.offer(message)]
+        if behind:
+            self._subscriptions.difference_update(behind)
+            self._dropped.inc(len(behind))
+            self._clients.set(len(self._subscriptions))
 
     def _publish(self, type_: str, site: str, at: datetime,
                  body: dict[str, Any] | AlertChange) -> _Change | None:
@@ -248,9 +326,11 @@ class Feed:
 
     # consumers ---------------------------------------------------------------------------
 
-    def subscribe(self, sites: frozenset[str] | None) -> Subscription:
-        """Every message dispatched from now on (seq > the subscription's `start`)."""
-        subscription = Subscription(sites, self.head, self.client_queue)
+    def subscribe(self, sites: frozenset[str] | None, *, provisional: bool = False
+                  ) -> Subscription:
+        """Every message dispatched from now on (seq > the subscription's `start`); with
+        `provisional`, the changes announced while the database is away too."""
+        subscription = Subscription(sites, self.head, self.client_queue, provisional)
         self._subscriptions.add(subscription)
         self._clients.set(len(self._subscriptions))
         return subscription
@@ -396,6 +476,7 @@ class Feed:
         wake = asyncio.Event()
         conn.add_termination_listener(lambda _conn: wake.set())
         await conn.add_listener(CHANNEL, lambda *_: wake.set())
+        await self.start_on(conn)  # started while the database was away
         self.following = True
         while True:
             wake.clear()  # before reading: a notification during the read is not lost
@@ -453,6 +534,13 @@ class Feed:
             except VigieError as exc:
                 log.warning("feed: cannot trim: %s", exc)
             await asyncio.sleep(self.trim_every)
+
+
+def _alert_id(message: FeedMessage) -> str:
+    """The alert a message is about (parsed again: only for the few messages compared with
+    what a client was told during an outage)."""
+    alert = orjson.loads(message.wire).get("alert")
+    return str(alert.get("id")) if isinstance(alert, dict) else ""
 
 
 async def _close(conn: Any) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from vigie.config import AlertRule, Config, EscalationConfig, SensorConfig
 from vigie.events import DeviceStatus, SensorEvent
-from vigie.store._alerts import AlertOccurrence, Escalation
+from vigie.store._alerts import AlertOccurrence, Escalation, occurrence_id
 
 __all__ = ["Decision", "Raise", "Resolve", "RuleBook", "escalation_by_severity"]
 
@@ -112,6 +112,7 @@ class RuleBook:
             at=event.ts, event_id=event_id,
             details={"state": event.state, "zone": event.zone, "site_open": is_open},
             escalation=self._escalation[id(rule)],
+            id=occurrence_id(f"{event.site}/{event.sensor}/{event.kind}", event.dedup_key),
         )
 
     def battery_threshold(self, site: str, sensor: str) -> int:
@@ -130,6 +131,7 @@ class RuleBook:
                 severity=self._config.alerts.battery_low_severity,
                 title=f"Battery low ({event.battery} %): {event.sensor}", at=event.ts,
                 details={"battery": event.battery, "threshold": threshold},
+                id=occurrence_id(fingerprint, event.dedup_key),
             ))]
         if event.battery >= threshold + BATTERY_HYSTERESIS:
             return [Resolve(fingerprint, event.ts, f"battery back to {event.battery} %")]
@@ -143,6 +145,7 @@ class RuleBook:
             site=status.site, source=status.sensor, source_type="sensor", kind="device_offline",
             severity=self._config.alerts.device_offline_severity,
             title=f"Device offline: {status.sensor}", at=status.received_at,
+            id=occurrence_id(fingerprint, status.received_at.isoformat()),
         ))]
 
     def for_silence(self, site: str, sensor: str, last_seen: datetime | None, now: datetime

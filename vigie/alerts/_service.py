@@ -2,6 +2,12 @@
 
 Decisions from events are applied inside the caller's transaction (the one that stores the
 events), so an event and the alert it raised are committed together or not at all.
+
+While the database is away, the events go to the spool; the decisions they make are applied
+in memory at once (`announce`): the open alerts the API serves and this node's live clients
+know of an intrusion within the second. Nothing of it is stored: the spool's replay makes
+the same decisions again, in the database, with the events' own timestamps and the same
+alert ids (`occurrence_id`); those stored changes are the ones notifiers send, once.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from vigie.alerts._memory import raise_in_memory, resolve_in_memory
 from vigie.alerts._rules import Decision, Raise, Resolve
 from vigie.alerts._storms import StormGuard
 from vigie.metrics import Metrics
@@ -73,14 +80,23 @@ class AlertService:
         self._changed_since_refresh: dict[str, q.Alert] = {}
         # Site-level grouping of unreachable devices (alert storms); None: off.
         self.storms: StormGuard | None = None
+        # Alerts as changed in memory while the database is away (`announce`), by
+        # fingerprint, until a stored change of theirs comes: newer than the database.
+        self.provisional: dict[str, q.Alert] = {}
+        self._announcers: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def subscribe_provisional(self, listener: Listener) -> None:
+        """Hear the changes made in memory while the database is away (`announce`)."""
+        self._announcers.append(listener)
 
     def publish(self, changes: Sequence[AlertChange]) -> None:
         """Tell listeners, after the changes are committed."""
         for change in changes:
             self._remember(change.alert)
+            self.provisional.pop(change.alert.fingerprint, None)  # stored: no longer ahead
             if change.action == "opened":
                 a = change.alert
                 self._metrics.alerts_total.labels(a.site, a.kind, a.severity).inc()
@@ -99,6 +115,43 @@ class AlertService:
                     listener(change)
                 except Exception:  # one broken listener must not silence the others
                     log.exception("alert listener failed")
+
+    def announce(self, decisions: Sequence[Decision]) -> list[AlertChange]:
+        """Apply decisions in memory only (their events are in the spool: the database is
+        away) and tell the provisional listeners. See the module docstring."""
+        now = self._clock()
+        changes: list[AlertChange] = []
+        for round_ in _rounds(decisions):
+            for d in round_:
+                done = (raise_in_memory(self.open_alerts, self._with_escalation(d.occurrence),
+                                        now)
+                        if isinstance(d, Raise) else resolve_in_memory(self.open_alerts, d))
+                if done is not None:
+                    action, alert = done
+                    self._remember(alert)
+                    self.provisional[alert.fingerprint] = alert
+                    changes.append(AlertChange(action, alert))
+        for change in changes:
+            a = change.alert
+            if change.action != "repeated":
+                log.info("alert %s %s in memory (database away; stored when it is back)",
+                         a.fingerprint, change.action,
+                         extra={"alert_id": str(a.id), "alert_action": change.action,
+                                "severity": a.severity})
+            for listener in self._announcers:
+                try:
+                    listener(change)
+                except Exception:
+                    log.exception("alert listener failed")
+        return changes
+
+    def forget_provisional(self) -> None:
+        """Everything announced from memory has been replayed (the spool is empty): what
+        the database says is the truth again, whatever the replay made of it."""
+        for fingerprint, alert in self.provisional.items():
+            if self.open_alerts.get(fingerprint) is alert:
+                del self.open_alerts[fingerprint]
+        self.provisional.clear()
 
     def _remember(self, alert: q.Alert) -> None:
         self._changed_since_refresh[alert.fingerprint] = alert
@@ -135,6 +188,12 @@ class AlertService:
                     del fresh[fingerprint]
             else:
                 fresh[fingerprint] = alert
+        # Decided in memory, not stored yet (the spool is being replayed): ahead of it.
+        for fingerprint, alert in self.provisional.items():
+            if alert.state != "resolved":
+                fresh[fingerprint] = alert
+            elif (known := fresh.get(fingerprint)) and known.id == alert.id:
+                del fresh[fingerprint]
         self.open_alerts = fresh
         self._metrics.alerts_open.clear()
         for (site, severity), n in self.open_counts().items():
@@ -331,7 +390,7 @@ def _rounds(decisions: Sequence[Decision]) -> list[list[Decision]]:
                 title=first.title, at=min(first.at, occ.at), details=first.details,
                 count=first.count + occ.count, event_id=first.event_id,
                 last_at=max(first.last_at or first.at, occ.last_at or occ.at),
-                escalation=first.escalation or occ.escalation,
+                escalation=first.escalation or occ.escalation, id=first.id,
             )
             ops[-1] = Raise(merged, prev.received_at)
         else:

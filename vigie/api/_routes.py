@@ -22,6 +22,7 @@ from vigie.cluster import CameraLeases
 from vigie.config import SENSOR_KINDS, Config
 from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
+from vigie.spool import AuditSpool
 from vigie.store import Store
 from vigie.store import _alerts as alerts_q
 from vigie.store import _events as events_q
@@ -45,6 +46,8 @@ class ApiContext:
     clock: Callable[[], datetime]
     cameras: CameraSupervisor | None = None
     feed: Feed | None = None
+    # Where audit entries wait while the database is away (None: they are given up).
+    audit_spool: AuditSpool | None = None
     # Several nodes: which cameras this node watches; the others are read from PostgreSQL.
     leases: CameraLeases | None = None
     openapi: dict[str, Any] = field(default_factory=dict)  # filled by make_api

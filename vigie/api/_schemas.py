@@ -193,14 +193,19 @@ SCHEMAS: dict[str, Any] = {
     },
     "StreamMessage": {
         "type": "object", "required": ["type"],
-        "description": "A message of GET /api/v1/stream; feed.* messages carry no seq.",
+        "description": "A message of GET /api/v1/stream; feed.* messages carry no seq, nor "
+                       "do provisional ones (made while the database is away, not stored "
+                       "yet).",
         "properties": {
             "type": {"type": "string", "enum": [
                 "alert.opened", "alert.repeated", "alert.acknowledged", "alert.resolved",
                 "alert.commented", "alert.correlated", "alert.unacknowledged", "alert.assigned",
                 "alert.escalated", "alert.silenced", "alert.unsilenced", "camera.state",
                 "feed.hello", "feed.gap"]},
-            "seq": {"type": "integer"}, "at": _TS, "site": {"type": "string"},
+            "seq": {"type": "integer", "nullable": True}, "at": _TS, "site": {"type": "string"},
+            "provisional": {"type": "boolean", "description": (
+                "told while the database is away: its stored copy follows when it is back "
+                "(a provisional alert.opened or alert.resolved is not told again)")},
             "actor": {"type": "string"}, "alert": {"$ref": "#/components/schemas/Alert"},
             "camera": {
                 "type": "object", "required": ["id", "site", "state", "reasons", "since"],

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,8 +23,9 @@ from vigie.api._spec import (
     openapi_document,
     parse_params,
 )
-from vigie.errors import VigieError
+from vigie.errors import StoreUnavailable, VigieError
 from vigie.logs import REQUEST_ID
+from vigie.spool import AuditEntry
 from vigie.store import _audit as audit
 
 __all__ = ["CONTEXT", "make_api"]
@@ -124,19 +126,25 @@ async def _principal(request: web.Request, ctx: ApiContext, ep: Endpoint) -> Pri
 async def _audit(request: web.Request, ctx: ApiContext, ep: Endpoint,
                  principal: Principal | None, status: int) -> None:
     """Every state-changing call and every snapshot view, whatever its outcome."""
-    actor = principal.name if principal else "anonymous"
-    site = audit_site(request)
+    entry = AuditEntry(
+        at=datetime.now(UTC), actor=principal.name if principal else "anonymous",
+        action=ep.operation_id, outcome=str(status), target=request.path,
+        site=audit_site(request),
+        remote=client_address(request, ctx.config.api.trusted_proxies),
+        details={**audit_details(request),
+                 **({"role": principal.role} if principal else {})})
     try:
         async with ctx.store.connection() as conn:
-            await audit.record(conn, actor=actor, action=ep.operation_id,
-                               target=request.path, site=site,
-                               remote=client_address(request, ctx.config.api.trusted_proxies),
-                               outcome=str(status),
-                               details={**audit_details(request),
-                                        **({"role": principal.role} if principal else {})})
+            await audit.record(conn, actor=entry.actor, action=entry.action,
+                               target=entry.target, site=entry.site, remote=entry.remote,
+                               outcome=entry.outcome, details=entry.details)
     except VigieError as exc:
+        # Away: kept on disk, written with its own time when the database is back.
+        if isinstance(exc, StoreUnavailable) and ctx.audit_spool is not None and (
+                await ctx.audit_spool.add(entry)):
+            return
         log.warning("audit entry not written (%s %s by %s): %s", ep.method, request.path,
-                    actor, exc)
+                    entry.actor, exc)
 
 
 def _log_request(request: web.Request, ep: Endpoint, principal: Principal | None,

@@ -11,6 +11,13 @@ The server sends JSON text frames:
 - then changes, `{"seq", "type", "at", "site", ...}`, in seq order, each once: `alert.opened`,
   `alert.repeated`, `alert.acknowledged`, `alert.resolved`, `alert.commented` (with `actor`
   and `alert`), `camera.state` (with `camera`: `id`, `site`, `state`, `reasons`, `since`).
+- while the database is away, alert changes this node makes in memory (an intrusion during
+  an outage) and its cameras' state changes come at once as `{"seq": null, "provisional":
+  true, "type": "alert.opened", …}`; once stored, an `alert.opened` / `alert.resolved`
+  already told is not sent again on this connection (later changes of the alert are, with
+  their seq; a camera state comes again, the same). A provisional message moves no resume
+  position: `since` stays the last seq received, and resuming at this node's head needs no
+  database (a client reconnects during an outage).
 
 Close codes: 1001 the node is shutting down; 1008 the token is no longer valid; 1011 an
 internal error; 1013 the client (or this node) fell too far behind, or the database is
@@ -57,7 +64,8 @@ async def stream(request: web.Request, ctx: ApiContext, p: Principal,
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "bad_handshake", "not a valid WebSocket handshake")
     ws.headers["Server"] = "vigie"  # the handshake is sent before any middleware sees it
-    subscription = feed.subscribe(p.sites)  # before reading the backlog: nothing falls between
+    # Before reading the backlog: nothing falls between.
+    subscription = feed.subscribe(p.sites, provisional=True)
     try:
         await ws.prepare(request)
         await _Session(request, ws, ctx, feed, subscription, q["since"], p.name).run()
@@ -139,7 +147,9 @@ class _Session:
     async def _send_all(self) -> None:
         await self._begin()
         while (message := await self._subscription.get()) is not None:
-            if message.seq > self._last:
+            if message.provisional:  # no seq: the resume position stays where it is
+                await self._send(message.wire)
+            elif message.seq > self._last:
                 await self._deliver(message)
 
     async def _deliver(self, message: FeedMessage) -> None:
@@ -153,6 +163,12 @@ class _Session:
         start, since = self._subscription.start, self._since
         if since is None:
             await self._hello(start, None)
+            return
+        if since == start:
+            # It has had everything this node dispatched: nothing to read back, so a client
+            # resumes even while the database is away.
+            self._last = since
+            await self._hello(start, since)
             return
         if since > start:
             since_min, newest = await self._feed.position()

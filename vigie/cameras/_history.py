@@ -15,7 +15,11 @@ What may be lost and what may not:
 - the latest snapshot and the learned reference of a camera are states: a newer one
   replaces the one waiting, so they are bounded by the number of cameras.
 While the database is away, each round is retried with backoff and everything waits
-(vigie_camera_history_queue{kind}).
+(vigie_camera_history_queue{kind}). From the first round that fails, transitions and
+decisions are kept on disk as well, as they come (`spool/camera-transitions.jsonl`,
+`spool/camera-decisions.jsonl`): a node killed before the database returns loses neither,
+and the next start writes them with their own times. (Written to the files, not fsynced: a
+killed process loses nothing; a machine that loses power may lose the last of them.)
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vigie.alerts import AlertService, Decision, Raise
+from vigie.alerts._codec import decision_from_json, decision_to_json
 from vigie.metrics import Metrics
 from vigie.store import Store
 from vigie.store import _alerts as alerts_q
@@ -61,6 +66,8 @@ class CameraHistory:
         self._metrics = metrics
         self._data_dir = data_dir
         self._spool = data_dir / "spool" / "camera-transitions.jsonl"
+        # Every decision waiting, while the database is away (and from a stop meanwhile).
+        self._decisions_file = data_dir / "spool" / "camera-decisions.jsonl"
         self._spool_offset = 0  # bytes of the spool already taken into memory
         self._spooled = _count_lines(self._spool)  # transitions in the spool, not yet taken
         self._max_samples = max_samples
@@ -69,7 +76,12 @@ class CameraHistory:
         # (several nodes): one handed over meanwhile is its new holder's to alert on.
         self._judged = judged
         self._transitions: deque[cameras_q.Transition] = deque()
-        self._decisions: list[tuple[Decision, Path | None]] = []
+        self._decisions: list[tuple[Decision, Path | None]] = _read_decisions(
+            self._decisions_file)
+        self._decisions_on_disk = bool(self._decisions)  # the file mirrors the list
+        # A round failed (the database is away): what comes is kept on disk as it comes.
+        self._away = False
+        self._unsaved = 0  # transitions at the end of `_transitions` that are not on disk
         self._attachments: deque[tuple[alerts_q.Alert, Path]] = deque()
         self._samples: deque[SampleRow] = deque()
         self._samples_dropped = 0
@@ -82,16 +94,21 @@ class CameraHistory:
     # what the supervisor hands over (never blocks, never waits for the database) ---------
 
     def transition(self, t: cameras_q.Transition) -> None:
-        if self._spooled or len(self._transitions) >= self._max_transitions:
+        if self._spooled or self._away or len(self._transitions) >= self._max_transitions:
             self._spill([t])  # once spilling, in order: the rest follows the spool
         else:
             self._transitions.append(t)
+            self._unsaved += 1
         self._poke()
 
     def decisions(self, decisions: Sequence[Decision], snapshot: Path | None) -> None:
         """Alert decisions; `snapshot` (the camera's latest frame) goes to the alerts they
         open."""
-        self._decisions.extend((d, snapshot) for d in decisions)
+        items = [(d, snapshot) for d in decisions]
+        self._decisions.extend(items)
+        if self._decisions_on_disk:
+            with self._decisions_file.open("a", encoding="utf-8") as f:
+                f.write("".join(_decision_line(d, snap) for d, snap in items))
         self._poke()
 
     def sample(self, row: SampleRow) -> None:
@@ -140,6 +157,7 @@ class CameraHistory:
                 raise
             except Exception as exc:  # the database is away or refused: all of it waits
                 self._failed(exc)
+                await self._keep_on_disk()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
             else:
@@ -170,12 +188,11 @@ class CameraHistory:
         spool (written at the next start), the rest is given up, counted and logged."""
         if await self.flush(budget):
             return True
-        async with self._writing:
-            if self._transitions:
-                self._spill_front()
-        lost = {k: n for k, n in self.pending().items() if n and k != "transition"}
-        log.error("camera history not written at stop: %s given up; transitions kept in %s",
-                  lost or "nothing", self._spool)
+        await self._keep_on_disk()
+        lost = {k: n for k, n in self.pending().items()
+                if n and k not in ("transition", "decision")}
+        log.error("camera history not written at stop: %s given up; transitions and alert "
+                  "decisions kept in %s", lost or "nothing", self._spool.parent)
         for kind, n in lost.items():
             if kind == "sample":
                 self._metrics.camera_history_dropped.labels(kind).inc(n)
@@ -210,6 +227,7 @@ class CameraHistory:
             await cameras_q.insert_transitions(conn, batch)
         for _ in batch:
             self._transitions.popleft()
+        self._unsaved = min(self._unsaved, len(self._transitions))
         if not self._transitions and self._spool_offset and not self._spooled:
             self._spool.unlink(missing_ok=True)  # all of it is in the database now
             self._spool_offset = 0
@@ -222,6 +240,9 @@ class CameraHistory:
                      if self._judged is None or self._judged(*_camera(d))]
         changes = await self._alerts.raise_now(decisions) if decisions else []
         del self._decisions[:len(waiting)]
+        if self._decisions_on_disk:  # what came meanwhile stays there
+            self._rewrite_decisions()
+            self._decisions_on_disk = bool(self._decisions)
         snapshots = {_fingerprint(d): snapshot for d, snapshot in waiting}
         for change in changes:
             snapshot = snapshots.get(change.alert.fingerprint)
@@ -281,6 +302,7 @@ class CameraHistory:
                         str(exc) or type(exc).__name__)
 
     def _recovered(self) -> None:
+        self._away = False
         if self._failing_since is not None:
             log.info("camera history written again after %.0f s",
                      time.monotonic() - self._failing_since)
@@ -291,6 +313,27 @@ class CameraHistory:
             self._metrics.camera_history_queue.labels(kind).set(n)
 
     # the spool: transitions that do not fit in memory, or were not written at stop -------
+
+    async def _keep_on_disk(self) -> None:
+        """The database is away (or refused): transitions and decisions waiting in memory go
+        to disk, and those that come next go straight there, until they are written."""
+        async with self._writing:
+            self._away = True
+            if self._unsaved:
+                self._spill_front()  # then `_spooled`: the next ones follow in the file
+            if not self._decisions_on_disk:
+                self._rewrite_decisions()
+                self._decisions_on_disk = True
+
+    def _rewrite_decisions(self) -> None:
+        if not self._decisions:
+            self._decisions_file.unlink(missing_ok=True)
+            return
+        self._decisions_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._decisions_file.with_suffix(".tmp")
+        tmp.write_text("".join(_decision_line(d, snap) for d, snap in self._decisions),
+                       encoding="utf-8")
+        tmp.replace(self._decisions_file)
 
     def _spill(self, items: Sequence[cameras_q.Transition]) -> None:
         self._spool.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +354,7 @@ class CameraHistory:
         self._spooled += len(self._transitions)
         self._transitions.clear()
         self._spool_offset = 0
+        self._unsaved = 0
 
     def _unspool(self) -> None:
         """Take the next chunk of the spool into memory (its lines stay in the file until
@@ -328,6 +372,31 @@ class CameraHistory:
                     self._transitions.append(_transition_from_json(json.loads(line)))
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("unreadable line in %s skipped: %s", self._spool, exc)
+
+
+def _decision_line(d: Decision, snapshot: Path | None) -> str:
+    raw = {**decision_to_json(d), "snapshot": str(snapshot) if snapshot else None}
+    return json.dumps(raw, separators=(",", ":")) + "\n"
+
+
+def _read_decisions(path: Path) -> list[tuple[Decision, Path | None]]:
+    """Decisions a previous run kept (it stopped, or was killed, with the database away)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    found: list[tuple[Decision, Path | None]] = []
+    for line in lines:
+        try:
+            raw = json.loads(line)
+            found.append((decision_from_json(raw),
+                          Path(raw["snapshot"]) if raw.get("snapshot") else None))
+        except (ValueError, KeyError, TypeError) as exc:  # a line a kill cut short
+            log.error("unreadable line in %s skipped: %s", path, exc)
+    if found:
+        log.info("%d camera alert decision(s) from before the restart, to be written",
+                 len(found))
+    return found
 
 
 def _camera(d: Decision) -> tuple[str, str]:

@@ -45,6 +45,7 @@ from vigie.cameras._stream import CameraSpec
 from vigie.cameras._worker import Sample
 from vigie.cameras._workers import WorkerPool, worker_count
 from vigie.config import CAMERA_REASONS, CameraChecks, CameraConfig, Config, SiteConfig
+from vigie.errors import StoreUnavailable
 from vigie.metrics import Metrics
 from vigie.secrets import redact_url
 from vigie.store import Store
@@ -135,11 +136,17 @@ class CameraSupervisor:
         if not self.cameras:
             return
         self._judging = None if watch_all else set()
-        async with self._store.connection() as conn:
-            references = await cameras_q.load_references(conn)
-            unresolved = (await alerts_q.open_camera_reasons(conn, list(self.cameras),
-                                                             CAMERA_REASONS)
-                          if watch_all else {})
+        try:
+            async with self._store.connection() as conn:
+                references = await cameras_q.load_references(conn)
+                unresolved = (await alerts_q.open_camera_reasons(conn, list(self.cameras),
+                                                                 CAMERA_REASONS)
+                              if watch_all else {})
+        except StoreUnavailable:
+            # Started while the database is away: watch anyway. References are learned
+            # afresh; the alerts a previous run left open come later (`carry_open_alerts`).
+            log.warning("database away: cameras watched without their learned references")
+            references, unresolved = {}, {}
         self._snapshots.mkdir(parents=True, exist_ok=True)
         for index in range(len(self._pool)):
             self._pool.spawn(index)
@@ -539,6 +546,18 @@ class CameraSupervisor:
             self._export_state(self.cameras[key])
         self._judging = judge
         self._metrics.cameras_watched.set(len(judge))
+
+    async def carry_open_alerts(self) -> None:
+        """For a node started while the database was away, once it answers: the alerts a
+        previous run left open. A reason a camera does not show now resolves once the camera
+        has been seen without it (as at a normal start); one it shows has raised its alert
+        again, which folded into the open one."""
+        judged = [k for k in self.cameras if self._judging is None or k in self._judging]
+        async with self._store.connection() as conn:
+            unresolved = await alerts_q.open_camera_reasons(conn, judged, CAMERA_REASONS)
+        for key, reasons in unresolved.items():
+            health = self.cameras[key].health
+            health.carry(frozenset(reasons) - health.reasons)
 
     def _forget(self, state: CameraState) -> None:
         """Another node judges this camera now: start from nothing if it comes back, and

@@ -36,6 +36,11 @@ class HeartbeatMonitor:
         shortest = min(self._heartbeats.values(), default=timedelta(seconds=60))
         self.interval = min(max(shortest.total_seconds() / 4, 0.5), 10.0)
 
+    def carry_silent(self, silent: set[tuple[str, str]]) -> None:
+        """Sensors with an unresolved device_silent alert, learned after the start (the
+        database was away then): they resolve when they speak again."""
+        self._silent |= silent
+
     @property
     def enabled(self) -> bool:
         return bool(self._heartbeats)

@@ -50,6 +50,10 @@ class Inbox(Generic[T]):
         self._closed = True
         self._ready.set()
 
+    def wake(self) -> None:
+        """End a `get_batch` waiting with a timeout now, empty-handed."""
+        self._ready.set()
+
     async def get_batch(self, max_items: int, timeout: float | None = None) -> list[T] | None:
         """Wait for at least one item (at most `timeout` seconds: then []); take up to
         `max_items` without waiting more. None means closed and drained."""
@@ -66,6 +70,8 @@ class Inbox(Generic[T]):
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return [] if self._items or not self._closed else None
+            if not self._items and not self._closed:
+                return []  # woken (`wake`): the caller has something else to do first
         was_full = self.full
         n = min(max_items, len(self._items))
         batch = [self._items.popleft() for _ in range(n)]

@@ -10,6 +10,12 @@ the database. Replay is idempotent: each transaction that applies spooled record
 moves the spool's mark in the database (`spool_replay`), and a replay resumed after a crash
 skips what the mark covers. When the spool reaches its cap, the writer holds its batch
 unacknowledged and reads no more: the broker keeps the rest, nothing is dropped.
+
+A spooled batch's alerts are not left waiting for the database: once the batch is durable,
+its decisions are applied in memory (AlertService.announce), so an intrusion during an outage
+shows in the open alerts and on the live feed at once. The replay stores them; when the
+spool is empty, every alert decided in memory has been stored and memory defers to the
+database again.
 """
 
 from __future__ import annotations
@@ -182,7 +188,19 @@ class IngestWriter:
         for s in batch.statuses:
             if s.online:
                 self._seen(s.site, s.sensor, s.received_at)
+        self._announce(batch)
         return True
+
+    def _announce(self, batch: Batch) -> None:
+        """The alerts of a spooled batch, decided in memory now (every event of it counts as
+        new: a redelivered one may count twice here, never in the database)."""
+        decisions: list[Decision] = []
+        for e in batch.events.values():
+            decisions.extend(self._rules.for_event(e, None))
+        for s in batch.statuses:
+            decisions.extend(self._rules.for_status(s))
+        if decisions:
+            self._alerts.announce(decisions)
 
     # -- the spool back into the database ---------------------------------------------------
 
@@ -226,6 +244,7 @@ class IngestWriter:
         self._export_spool()
         self._done(merged, fresh, changes)
         if spool.pending_records == 0:
+            self._alerts.forget_provisional()
             log.info("spool replayed: %d message(s) in the database", self.replayed)
 
     # -- the transaction ----------------------------------------------------------------
@@ -305,6 +324,13 @@ class IngestWriter:
             self.failing = f"ingest error: {exc!r}"
             log.error("unexpected error writing messages, retrying in %.1fs",
                       self._delay, exc_info=exc)
+
+    async def retry_soon(self) -> None:
+        """The database is known to answer again: the next batch tries it at once, not
+        after the backoff grown during the outage."""
+        self._retry_at = time.monotonic()
+        self._delay = RETRY_MIN
+        self.inbox.wake()  # waiting for that backoff to end: replay the spool now
 
     def _succeeded(self) -> None:
         if self._outage:

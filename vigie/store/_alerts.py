@@ -33,6 +33,7 @@ __all__ = [
     "json_page",
     "list_alerts",
     "may_take",
+    "occurrence_id",
     "open_counts",
     "resolve",
     "resolve_fingerprint",
@@ -78,10 +79,23 @@ class AlertOccurrence:
     event_id: int | None = None
     last_at: datetime | None = None  # the latest of folded occurrences (default: `at`)
     escalation: Escalation | None = None
+    # The id of the alert it opens, if it opens one (`occurrence_id`); None: a random one.
+    id: uuid.UUID | None = None
 
     @property
     def fingerprint(self) -> str:
         return f"{self.site}/{self.source}/{self.kind}"
+
+
+_OCCURRENCE_IDS = uuid.UUID("3f0a8e4c-5b7d-4c1e-9a2f-76696769650a")
+
+
+def occurrence_id(fingerprint: str, origin: str) -> uuid.UUID:
+    """The id of the alert an occurrence opens, from what raised it (an event's dedup key, a
+    status's reception): the alert announced from memory while the database is away gets
+    the same id when its event is replayed and stored, so clients can act on the id they
+    were shown."""
+    return uuid.uuid5(_OCCURRENCE_IDS, f"{fingerprint}|{origin}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,15 +192,17 @@ INSERT INTO alerts (id, fingerprint, site, source, source_type, kind, severity, 
                     details, opened_at, last_seen_at, count, event_id, escalate_after,
                     escalate_repeat, escalate_max, escalations_left, next_escalation_at,
                     silenced)
-SELECT gen_random_uuid(), fingerprint, site, source, source_type, kind, severity, 'open',
+SELECT CASE WHEN o.id IS NULL OR EXISTS (SELECT 1 FROM alerts a WHERE a.id = o.id)
+            THEN gen_random_uuid() ELSE o.id END,
+       fingerprint, site, source, source_type, kind, severity, 'open',
        title, details, at, last_at, count, event_id, esc_after, esc_repeat, esc_max, esc_max,
        greatest(at, $16::timestamptz) + esc_after,
        {silence_matches("o", "o.at")} OR {silence_matches("o", "coalesce($16::timestamptz, o.at)")}
 FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::int[], $12::bigint[],
-            $13::interval[], $14::interval[], $15::int[])
+            $13::interval[], $14::interval[], $15::int[], $17::uuid[])
      AS o(last_at, fingerprint, site, source, source_type, kind, severity, title, details, at,
-          count, event_id, esc_after, esc_repeat, esc_max)
+          count, event_id, esc_after, esc_repeat, esc_max, id)
 ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO UPDATE SET
     count = alerts.count + EXCLUDED.count,
     last_seen_at = greatest(alerts.last_seen_at, EXCLUDED.last_seen_at),
@@ -240,6 +256,7 @@ async def upsert_alerts(
         [o.escalation.after if o.escalation else None for o in occ],
         [o.escalation.repeat if o.escalation else None for o in occ],
         [o.escalation.steps if o.escalation else 0 for o in occ], now,
+        [o.id for o in occ],
     )
     by_fingerprint = {r["fingerprint"]: (Alert.from_row(r), bool(r["inserted"])) for r in rows}
     result = [by_fingerprint[o.fingerprint] for o in occ]

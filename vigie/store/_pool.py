@@ -5,6 +5,12 @@ caller fails at once with StoreUnavailable (an API request answers 503 now, not 
 connect timeout; a writer spools at once), then the next caller tries again. The wait grows
 (with jitter: the nodes of a cluster must not come back all together) while it stays away.
 A connection that dies mid-query is not enough to mark it away: the pool reconnects.
+
+A node may start while PostgreSQL is away (`Store.open_later`): the store then has no
+connection and stays closed to every caller (StoreUnavailable, the reason being `pending`)
+until the node has checked the schema and calls `opened()`; only that start-up work gets a
+connection before (`connection(before_ready=True)`). Nothing is written to a schema that
+may not be migrated yet.
 """
 
 from __future__ import annotations
@@ -65,10 +71,26 @@ class Store:
         self.unavailable_since: float | None = None  # time.monotonic()
         self._retry_at = 0.0
         self._delay = RETRY_MIN
+        # Why the store is not open to callers yet although the database may answer (a node
+        # started while it was away: migrations not applied yet); empty once `opened()`.
+        self.pending = ""
 
     @property
     def available(self) -> bool:
-        return not self.unavailable
+        return not self.unavailable and not self.pending
+
+    @property
+    def why_unavailable(self) -> str:
+        """For /readyz: empty while available."""
+        if self.unavailable:
+            return f"database unreachable: {self.unavailable}"
+        return f"database not ready: {self.pending}" if self.pending else ""
+
+    def opened(self) -> None:
+        """The schema is checked (a node that started while the database was away)."""
+        if self.pending:
+            log.info("database ready: open to every part of the node")
+        self.pending = ""
 
     def mark_away(self, reason: str) -> None:
         """The database did not answer in time (a ping): fail fast until the next try."""
@@ -109,6 +131,20 @@ class Store:
             raise StoreError(f"PostgreSQL refused the connection: {reason}") from None
         return cls(pool)
 
+    @classmethod
+    async def open_later(cls, dsn: str, size: int = 10, timeout: float = 5.0,
+                         reason: str = "not reached since the node started") -> Store:
+        """A store whose database cannot be reached now: the pool connects on demand
+        (min_size 0: creating it connects nothing), and the store stays closed to callers
+        until `opened()`."""
+        pool = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=size, timeout=timeout, command_timeout=30,
+            init=_init_connection, server_settings={"timezone": "UTC"})
+        store = cls(pool)
+        store.pending = "schema not checked yet (started while it was away)"
+        store._away(reason)
+        return store
+
     async def close(self, timeout: float = 1.0) -> None:
         """Close the pool; connections still busy after `timeout` are cut (shutdown budget)."""
         try:
@@ -119,7 +155,7 @@ class Store:
 
     async def migrate(self, on_progress: MigrationProgress | None = None) -> int:
         """Apply missing migrations; return how many were applied."""
-        async with self.connection() as conn:
+        async with self.connection(before_ready=True) as conn:
             return len(await apply_migrations(conn, on_progress))
 
     async def ping(self) -> None:
@@ -132,9 +168,13 @@ class Store:
         await self.ping()
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; driver errors leave as StoreError/StoreUnavailable."""
-        if self.unavailable and time.monotonic() < self._retry_at:
+    async def connection(self, *, before_ready: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection; driver errors leave as StoreError/StoreUnavailable.
+        `before_ready`: the node's start-up work (migrations, config sync), allowed before
+        `opened()` and tried whenever asked (it keeps its own pace)."""
+        if self.pending and not before_ready:
+            raise StoreUnavailable(f"database unavailable: {self.pending}")
+        if self.unavailable and time.monotonic() < self._retry_at and not before_ready:
             raise StoreUnavailable(f"database unavailable: {self.unavailable}")
         try:
             conn = await self.pool.acquire()
