@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import getpass
 import logging
 import os
@@ -42,7 +41,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 async def _serve_until_signalled(config: Config) -> None:
-    from vigie.app import running_node
+    from vigie.app import running_node, settle_memory
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,12 +50,7 @@ async def _serve_until_signalled(config: Config) -> None:
     async with running_node(config) as node:
         log.info("vigie %s node %s running: %d site(s), API on %s", __version__,
                  config.node.name, len(config.sites), node.api_url)
-        # What start-up built (modules, config, routes, rules) lives as long as the process:
-        # out of the cycle collector's reach, a full collection scans only what came since.
-        # Over the ~100k start-up objects one paused the event loop for ~50 ms, the worst
-        # of the event-to-WebSocket latency.
-        gc.collect()
-        gc.freeze()
+        settle_memory()
         await stop.wait()
         log.info("stopping")
     # running_node logs the summary line once everything has stopped.

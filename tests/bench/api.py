@@ -54,7 +54,7 @@ from tests.bench._common import (  # noqa: E402
     quantile,
     ratio,
 )
-from vigie.app import Node, running_node  # noqa: E402
+from vigie.app import Node, running_node, settle_memory  # noqa: E402
 from vigie.config import SENSOR_KINDS, Config, parse_config  # noqa: E402
 from vigie.store import Store  # noqa: E402
 from vigie.store import _alerts as alerts_q  # noqa: E402
@@ -333,6 +333,7 @@ async def bench(args: argparse.Namespace, dsn: str) -> None:
     await web.TCPSite(baseline, "127.0.0.1", port).start()
     try:
         async with running_node(config, with_mqtt=False) as node:
+            settle_memory()  # as `vigie run` does once its node runs
             async with node.store.connection() as conn:
                 token, _ = await create_token(conn, name="bench-operator", role="operator",
                                               sites=None, expires_at=None)
