@@ -9,25 +9,48 @@ imports `tests.bench.cameras` from the root, so a bare `import _common` would no
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 
 from tests.pg import PG_ADMIN_DSN, create_database, drop_database
 
 __all__ = [
-    "CLK_TCK", "PG_ADMIN_DSN", "ROOT", "CpuWindow", "always_open", "cpu_seconds",
-    "create_database", "descendants", "drop_database", "free_port", "loadavg", "machine_busy",
-    "memory_kb", "percentiles", "postgres_cpu", "quantile", "quantiles", "ratio",
-    "start_broker", "start_vigie", "stop_vigie", "wait_sql",
+    "CLK_TCK",
+    "PG_ADMIN_DSN",
+    "ROOT",
+    "CpuWindow",
+    "always_open",
+    "cpu_seconds",
+    "create_database",
+    "descendants",
+    "drop_database",
+    "free_port",
+    "loadavg",
+    "machine_busy",
+    "percentiles",
+    "postgres_cpu",
+    "quantile",
+    "quantiles",
+    "ratio",
+    "rss_pss_uss",
+    "run_bench",
+    "start_broker",
+    "start_vigie",
+    "stop_vigie",
+    "wait_sql",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,10 +135,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
 
 
-def memory_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in kB from smaps_rollup; PSS shares the libraries' pages between
-    processes, which summing RSS counts once per process."""
-    rss = pss = 0
+def rss_pss_uss(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, USS) in kB from smaps_rollup. RSS counts the pages of shared libraries once
+    per process that maps them; PSS splits them between those processes; USS (private pages:
+    heaps, arenas, stacks) leaves them out."""
+    rss = pss = uss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -123,9 +147,11 @@ def memory_kb(pid: int) -> tuple[int, int]:
                     rss = int(line.split()[1])
                 elif line.startswith("Pss:"):
                     pss = int(line.split()[1])
+                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    uss += int(line.split()[1])
     except OSError:
         pass
-    return rss, pss
+    return rss, pss, uss
 
 
 def descendants(pid: int) -> list[int]:
@@ -228,3 +254,18 @@ def ratio(value: float, base: float) -> float:
     """value / base, NaN when the baseline measured nothing (rather than a crash at the end
     of a long run)."""
     return value / base if base else float("nan")
+
+
+def run_bench(bench: Callable[[argparse.Namespace, Path], Awaitable[int]],
+              args: argparse.Namespace, prefix: str) -> NoReturn:
+    """Run `bench(args, workdir)` in a fresh work directory (kept, with the nodes' logs, when
+    `args.keep`), then exit with its code."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        code = asyncio.run(bench(args, workdir))
+    finally:
+        if args.keep:
+            print(f"logs in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(code)

@@ -73,6 +73,8 @@ from tests.bench._common import (  # noqa: E402
     descendants,
     loadavg,
     quantiles,
+    rss_pss_uss,
+    run_bench,
 )
 
 RAMP_PER_SECOND = 25
@@ -80,25 +82,6 @@ OFFLINE_STOPPED = 5
 LEARN_FOR = "10s"
 OFFLINE_AFTER = 5.0  # the default, which the bench does not change
 CAMERAS_PER_SITE = 10
-
-
-def rss_pss_uss(pid: int) -> tuple[int, int, int]:
-    """(RSS, PSS, USS) in kB from smaps_rollup. RSS counts the pages of shared libraries once
-    per process that maps them; PSS splits them between those processes; USS (private pages:
-    heaps, arenas, stacks) leaves them out."""
-    rss = pss = uss = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    uss += int(line.split()[1])
-    except OSError:
-        pass
-    return rss, pss, uss
 
 
 def memory_of(pids: list[int]) -> tuple[int, int, int]:
@@ -761,17 +744,7 @@ def main() -> None:
     args = parser.parse_args()
     args.cameras = args.cameras or [100]
     args.workers = args.workers or [None]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-cameras-"))
-    try:
-        code = asyncio.run(bench(args, workdir))
-    finally:
-        if args.keep:
-            print(f"logs in {workdir}")
-        else:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(code)
+    run_bench(bench, args, "bench-cameras-")
 
 
 if __name__ == "__main__":

@@ -56,11 +56,9 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,70 +72,21 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.bench._common import (  # noqa: E402
+    cpu_seconds,
+    descendants,
+    free_port,
+    machine_busy,
+    run_bench,
+    start_broker,
+)
 from tests.pg import create_database, drop_database  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CAMERAS_PER_SITE = 3
 SENSORS_PER_SITE = 10
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and every live process under it."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [pid], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def machine_busy() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    return sum(values[:8]) - values[3] - values[4], sum(values[:8])
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
-
 
 @dataclass
 class NodeProcess:
@@ -176,7 +125,9 @@ class NodeProcess:
             self.log.read_text(errors="replace").splitlines()[-5:])
 
     def pids(self) -> list[int]:
-        return tree(self.proc.pid) if self.proc is not None and self.proc.poll() is None else []
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *descendants(self.proc.pid)]
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -550,17 +501,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
     args.nodes = sorted(set(args.nodes or [1, 2, 3]))
-    workdir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    try:
-        code = asyncio.run(bench(args, workdir))
-    finally:
-        if args.keep:
-            print(f"logs in {workdir}")
-        else:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(code)
+    run_bench(bench, args, "bench-cluster-")
 
 
 if __name__ == "__main__":
