@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from vigie.api._auth import Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import Endpoint, Param
-from vigie.store import _alerts as alerts_q
+from vigie.api._spec import Endpoint, Param, id_cursor
 from vigie.store import _audit as audit_q
 
 if TYPE_CHECKING:
     from vigie.api._routes import ApiContext
 
 __all__ = ["audit_endpoints"]
-
-
-def _cursor(raw: str | None) -> tuple[datetime, int] | None:
-    if raw is None:
-        return None
-    try:
-        at, key = alerts_q.decode_cursor(raw)
-        entry = int(key)
-        if not 0 < entry < 2**63:
-            raise ValueError("id out of range")
-        return at, entry
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
 
 
 async def list_audit(request: web.Request, ctx: ApiContext, p: Principal,
@@ -46,7 +31,7 @@ async def list_audit(request: web.Request, ctx: ApiContext, p: Principal,
     async with ctx.store.connection() as conn:
         items, cursor = await audit_q.list_audit(
             conn, since=since, until=until, actor=q["actor"], site=site,
-            sites=p.sites, limit=q["limit"], cursor=_cursor(q["cursor"]))
+            sites=p.sites, limit=q["limit"], cursor=id_cursor(q["cursor"]))
     return page(items, cursor)
 
 

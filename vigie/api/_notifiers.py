@@ -12,8 +12,9 @@ from aiohttp import web
 
 from vigie.api._auth import Principal
 from vigie.api._errors import ApiError
-from vigie.api._spec import Endpoint, Param, audit_site, list_schema
+from vigie.api._spec import Endpoint, Param, audit_site, id_cursor, list_schema
 from vigie.store import _notify as notify_q
+from vigie.store._alerts import encode_cursor
 
 if TYPE_CHECKING:
     from vigie.api._routes import ApiContext
@@ -46,14 +47,6 @@ async def list_notifiers(request: web.Request, ctx: ApiContext, p: Principal,
     return ok({"items": items, "next_cursor": None})
 
 
-def _cursor(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit() or len(value) > 18:
-        raise ApiError(400, "invalid_query", "cursor: not one this API gave")
-    return int(value)
-
-
 async def list_notifier_dead_letters(request: web.Request, ctx: ApiContext, p: Principal,
                                      q: dict[str, Any]) -> web.Response:
     from vigie.api._routes import ok
@@ -62,12 +55,15 @@ async def list_notifier_dead_letters(request: web.Request, ctx: ApiContext, p: P
     if name is not None and all(n.name != name for n in ctx.config.notifiers):
         raise ApiError(400, "invalid_query", "notifier: no notifier of that name")
     limit = q["limit"]
+    cursor = id_cursor(q["cursor"])
     async with ctx.store.connection() as conn:
         items = await notify_q.list_dead_letters(conn, name, p.sites, limit + 1,
-                                                 _cursor(q["cursor"]))
+                                                 cursor[1] if cursor else None)
     more = len(items) > limit
     items = items[:limit]
-    return ok({"items": items, "next_cursor": str(items[-1]["id"]) if more else None})
+    last = items[-1] if more else None
+    return ok({"items": items, "next_cursor": encode_cursor(last["failed_at"], str(last["id"]))
+               if last else None})
 
 
 async def dismiss_notifier_dead_letter(request: web.Request, ctx: ApiContext, p: Principal,

@@ -16,7 +16,7 @@ from vigie.alerts._feed import Feed
 from vigie.api._auth import Authenticator, Principal
 from vigie.api._cameras import site_camera_states
 from vigie.api._errors import ApiError
-from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site
+from vigie.api._spec import ALL_ROLES, Endpoint, Param, audit_site, id_cursor
 from vigie.cameras import CameraSupervisor
 from vigie.cluster import CameraLeases
 from vigie.config import SENSOR_KINDS, Config
@@ -73,19 +73,6 @@ def _alert_cursor(raw: str | None) -> tuple[datetime, uuid.UUID] | None:
     try:
         at, key = alerts_q.decode_cursor(raw)
         return at, uuid.UUID(key)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
-
-
-def _event_cursor(raw: str | None) -> tuple[datetime, int] | None:
-    if raw is None:
-        return None
-    try:
-        at, key = alerts_q.decode_cursor(raw)
-        event_id = int(key)
-        if not 0 < event_id < 2**63:
-            raise ValueError("id out of range")
-        return at, event_id
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
 
@@ -237,7 +224,7 @@ async def list_events(request: web.Request, ctx: ApiContext, p: Principal,
         items, cursor = await events_q.list_events(
             conn, site=_scoped_site(p, q["site"]), sensor=q["sensor"], kind=q["kind"],
             since=q["since"], until=q["until"], sites=p.sites, limit=q["limit"],
-            cursor=_event_cursor(q["cursor"]))
+            cursor=id_cursor(q["cursor"]))
     return page(items, cursor)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from vigie.api._errors import ApiError
+from vigie.store._alerts import decode_cursor
 
 __all__ = ["ALL_ROLES", "Endpoint", "Param", "audit_details", "audit_site", "list_schema",
            "parse_params"]
@@ -253,3 +254,17 @@ def list_schema(ref: str) -> dict[str, Any]:
         "properties": {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}},
                        "next_cursor": {"type": "string", "nullable": True}},
     }
+
+
+def id_cursor(raw: str | None) -> tuple[datetime, int] | None:
+    """A list's `cursor` query parameter for rows numbered by a bigint id: (time, id)."""
+    if raw is None:
+        return None
+    try:
+        at, key = decode_cursor(raw)
+        row_id = int(key)
+        if not 0 < row_id < 2**63:
+            raise ValueError("id out of range")
+        return at, row_id
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_query", "cursor: not a cursor given by this API") from None
