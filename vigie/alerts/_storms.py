@@ -18,10 +18,13 @@ how long. But they are grouped under one `site_unreachable` alert for the site:
   are down on their own.
 - The cameras of a site are judged together, every second, before their alerts are
   applied one by one: the site alert opens with the first of them, and each is grouped as
-  it is stored; none is paged on its own. When only part of a site's cameras are down
-  (half the share or more), their offline alerts wait up to `window` seconds for the rest
-  (judged a second later, say): a storm forming. Otherwise, a camera offline is raised at
-  once, like any alert. Sensor alerts are never held (they come with broker messages,
+  it is stored; none is paged on its own. A link that drops is not seen by all its
+  cameras in the same second, though (each notices when its own last frame is
+  `offline_after` old, and a loaded node judges them a tick or two apart), so a camera
+  offline on a site with enough cameras to make a storm waits up to `window` seconds
+  (Alertmanager's `group_wait`): raised together with the site alert if the rest follow,
+  on its own when the window is over otherwise. The camera's state is live meanwhile; only
+  its page waits. Sensor alerts are never held (they come with broker messages,
   acknowledged with their transaction): the first ones of a site whose cameras are fine
   may be paged before the site alert opens; those after it are grouped at once.
 """
@@ -129,24 +132,21 @@ class StormGuard:
     def _need(self, total: int, fraction: float) -> int:
         return max(self.config.min_sources, math.ceil(fraction * total))
 
-    def _storm_state(self, site_id: str) -> str:
-        """`storm` (the site's cameras make one now), `forming` (enough of them are down for
-        the rest to follow within a second or two), or `calm`."""
-        total = self._sites[site_id].total["camera"]
-        if total < self.config.min_sources:
-            return "calm"  # not a site with two cameras
+    def _can_storm(self, site: _Site) -> bool:
+        return site.total["camera"] >= self.config.min_sources  # not a site with two cameras
+
+    def _storm(self, site_id: str) -> bool:
+        """The site's cameras down right now make a storm."""
         down = len(self.cameras_offline(site_id))
-        if down >= self._need(total, self.config.fraction):
-            return "storm"
-        return "forming" if down >= self._need(total, self.config.fraction / 2) else "calm"
+        return down >= self._need(self._sites[site_id].total["camera"], self.config.fraction)
 
     # -- holding camera offline raises --------------------------------------------------
 
     def hold(self, decisions: Sequence[Decision], unresolved: set[str]) -> list[Decision]:
-        """The decisions to apply now. A new camera-offline raise waits (up to `window`)
-        while its site's storm is forming: the rest of its cameras are about to be judged,
-        and they will land together with the site alert. A resolve of a held raise cancels
-        it (it was never raised)."""
+        """The decisions to apply now. A new camera-offline raise on a site that can make a
+        storm waits (up to `window`) for the rest of its cameras: if they follow, they land
+        together with the site alert. A resolve of a held raise cancels it (it was never
+        raised: a camera back within the window is never paged)."""
         if self.config.window <= 0:
             return list(decisions)
         now = time.monotonic()
@@ -156,9 +156,7 @@ class StormGuard:
                 o = d.occurrence
                 site = self._sites.get(o.site)
                 if (site is not None and o.source_type == "camera" and o.kind == "offline"
-                        and o.fingerprint not in unresolved
-                        and (o.fingerprint in site.held
-                             or self._storm_state(o.site) == "forming")):
+                        and o.fingerprint not in unresolved and self._can_storm(site)):
                     held = site.held.get(o.fingerprint)
                     site.held[o.fingerprint] = _Held(
                         d, held.until if held else now + self.config.window)
@@ -172,12 +170,12 @@ class StormGuard:
         return out
 
     def due(self, everything: bool = False) -> list[Decision]:
-        """Held raises to apply now, a site's all together: its window is over, or the
-        storm has formed (or faded)."""
+        """Held raises to apply now, a site's all together: the storm has formed, or the
+        window of its first held raise is over."""
         now = time.monotonic()
         out: list[Decision] = []
         for site_id, site in self._sites.items():
-            if site.held and (everything or self._storm_state(site_id) != "forming"
+            if site.held and (everything or self._storm(site_id)
                               or min(h.until for h in site.held.values()) <= now):
                 out += [h.raise_ for h in site.held.values()]
                 site.held.clear()
