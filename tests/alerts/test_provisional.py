@@ -67,10 +67,27 @@ async def test_memory_gives_way_to_the_database_once_the_spool_is_replayed(
 ) -> None:
     service = AlertService(store, Metrics("test"))
     service.announce([intrusion(1)])  # say its event was found stored already: no change
-    service.forget_provisional()
+    service.forget_provisional(cameras=False)
     assert A not in service.open_alerts
     await service.refresh()
     assert A not in service.open_alerts
+
+
+async def test_each_path_gives_way_for_its_own_alerts_only(store: Store) -> None:
+    """The sensors' spool replayed does not make a camera alert still waiting vanish (the
+    camera history writes it a little later), and the other way round."""
+    service = AlertService(store, Metrics("test"))
+    offline = Raise(AlertOccurrence(
+        site="clg-pasteur", source="entree", source_type="camera", kind="offline",
+        severity="major", title="Offline", at=T0))
+    service.announce([intrusion(1), offline])
+    service.forget_provisional(cameras=False)
+    assert A not in service.open_alerts
+    assert offline.occurrence.fingerprint in service.open_alerts
+    await service.refresh()
+    assert offline.occurrence.fingerprint in service.open_alerts
+    service.forget_provisional(cameras=True)
+    assert service.provisional == {} and service.open_alerts == {}
 
 
 async def test_a_resolve_in_memory_holds_until_stored(store: Store) -> None:

@@ -148,13 +148,16 @@ class AlertService:
                     log.exception("alert listener failed")
         return changes
 
-    def forget_provisional(self) -> None:
-        """Everything announced from memory has been replayed (the spool is empty): what
-        the database says is the truth again, whatever the replay made of it."""
-        for fingerprint, alert in self.provisional.items():
+    def forget_provisional(self, cameras: bool) -> None:
+        """Everything one path (the sensors' spool, or the cameras' waiting decisions)
+        announced from memory has been stored: what the database says of those alerts is
+        the truth again, whatever the replay made of them. The other path's may still wait."""
+        for fingerprint, alert in list(self.provisional.items()):
+            if (alert.source_type == "camera") != cameras:
+                continue
+            del self.provisional[fingerprint]
             if self.open_alerts.get(fingerprint) is alert:
                 del self.open_alerts[fingerprint]
-        self.provisional.clear()
 
     def _remember(self, alert: q.Alert) -> None:
         self._changed_since_refresh[alert.fingerprint] = alert

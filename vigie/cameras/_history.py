@@ -20,6 +20,9 @@ decisions are kept on disk as well, as they come (`spool/camera-transitions.json
 `spool/camera-decisions.jsonl`): a node killed before the database returns loses neither,
 and the next start writes them with their own times. (Written to the files, not fsynced: a
 killed process loses nothing; a machine that loses power may lose the last of them.)
+Decisions waiting for the database are applied in memory meanwhile (AlertService.announce,
+with the alert id they will be stored with): a camera offline during an outage is an open
+alert on the API and the live feed at once.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vigie.alerts import AlertService, Decision, Raise
+from vigie.alerts import AlertChange, AlertService, Decision, Raise
 from vigie.alerts._codec import decision_from_json, decision_to_json
 from vigie.metrics import Metrics
 from vigie.store import Store
@@ -79,10 +82,19 @@ class CameraHistory:
         self._decisions: list[tuple[Decision, Path | None]] = _read_decisions(
             self._decisions_file)
         self._decisions_on_disk = bool(self._decisions)  # the file mirrors the list
+        # Decisions at the head of `_decisions` already applied in memory (the database
+        # being away: AlertService.announce), and whether some of them are not stored yet.
+        self._announced = 0
+        self._provisional = False
         # A round failed (the database is away): what comes is kept on disk as it comes.
         self._away = False
         self._unsaved = 0  # transitions at the end of `_transitions` that are not on disk
         self._attachments: deque[tuple[alerts_q.Alert, Path]] = deque()
+        # Raises that opened nothing when written: held a moment by the storm guard (a
+        # camera offline waits for the rest of its site), raised later by it. Their frame
+        # is attached when the alert opens (by fingerprint; one per camera and reason).
+        self._awaiting_open: dict[str, Path] = {}
+        alerts.subscribe(self._opened_later)
         self._samples: deque[SampleRow] = deque()
         self._samples_dropped = 0
         self._snapshots: dict[tuple[str, str], SnapshotRow] = {}
@@ -109,6 +121,8 @@ class CameraHistory:
         if self._decisions_on_disk:
             with self._decisions_file.open("a", encoding="utf-8") as f:
                 f.write("".join(_decision_line(d, snap) for d, snap in items))
+        if self._failing_since is not None:
+            self._announce_waiting()  # the database is away: shown now, stored later
         self._poke()
 
     def sample(self, row: SampleRow) -> None:
@@ -240,14 +254,32 @@ class CameraHistory:
                      if self._judged is None or self._judged(*_camera(d))]
         changes = await self._alerts.raise_now(decisions) if decisions else []
         del self._decisions[:len(waiting)]
+        self._announced = max(0, self._announced - len(waiting))
+        if self._provisional and not self._announced:
+            # All that was shown from memory is stored (or, handed over to another node
+            # meanwhile, not ours to store): the database is the truth of those alerts again.
+            self._alerts.forget_provisional(cameras=True)
+            self._provisional = False
         if self._decisions_on_disk:  # what came meanwhile stays there
             self._rewrite_decisions()
             self._decisions_on_disk = bool(self._decisions)
         snapshots = {_fingerprint(d): snapshot for d, snapshot in waiting}
         for change in changes:
-            snapshot = snapshots.get(change.alert.fingerprint)
+            snapshot = snapshots.pop(change.alert.fingerprint, None)
             if change.action == "opened" and snapshot is not None:
                 self._attachments.append((change.alert, snapshot))
+        for d in decisions:
+            fingerprint = _fingerprint(d)
+            if isinstance(d, Raise) and (snapshot := snapshots.get(fingerprint)) is not None:
+                self._awaiting_open[fingerprint] = snapshot
+            else:
+                self._awaiting_open.pop(fingerprint, None)  # resolved: will not open
+
+    def _opened_later(self, change: AlertChange) -> None:
+        snapshot = self._awaiting_open.pop(change.alert.fingerprint, None)
+        if snapshot is not None and change.action == "opened":
+            self._attachments.append((change.alert, snapshot))
+            self._poke()
 
     async def _write_samples(self) -> None:
         if not self._samples:
@@ -294,8 +326,20 @@ class CameraHistory:
                 "id": snapshot_id, "camera": alert.source, "taken_at": taken.isoformat(),
                 "url": f"/api/v1/snapshots/{snapshot_id}"})
 
+    def _announce_waiting(self) -> None:
+        """Apply the decisions waiting, not yet applied in memory, to the alerts the node
+        shows (API, live feed): a camera that goes offline while PostgreSQL is away is an
+        open alert at once, not when the database returns."""
+        fresh = [d for d, _ in self._decisions[self._announced:]
+                 if self._judged is None or self._judged(*_camera(d))]
+        self._announced = len(self._decisions)
+        if fresh:
+            self._alerts.announce(fresh)
+            self._provisional = True
+
     def _failed(self, exc: BaseException) -> None:
         self._metrics.db_errors.labels("camera_history").inc()
+        self._announce_waiting()
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("camera history cannot be written, retrying: %s",

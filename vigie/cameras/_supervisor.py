@@ -51,7 +51,7 @@ from vigie.secrets import redact_url
 from vigie.store import Store
 from vigie.store import _alerts as alerts_q
 from vigie.store import _cameras as cameras_q
-from vigie.store._alerts import AlertOccurrence
+from vigie.store._alerts import AlertOccurrence, occurrence_id
 
 __all__ = ["CameraState", "CameraSupervisor"]
 
@@ -413,6 +413,9 @@ class CameraSupervisor:
                 title=f"{_TITLES.get(reason, reason)}: {state.camera.name or cam} "
                       f"({state.site.name})",
                 at=at, details=self._details(state),
+                # The same id in memory (announced while the database is away) and once
+                # stored: an operator may act on the alert they were shown.
+                id=occurrence_id(f"{site}/{cam}/{reason}", at.isoformat()),
             )))
         for reason in sorted(change.cleared):
             decisions.append(Resolve(f"{site}/{cam}/{reason}", at, "camera recovered"))

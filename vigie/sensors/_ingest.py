@@ -244,7 +244,7 @@ class IngestWriter:
         self._export_spool()
         self._done(merged, fresh, changes)
         if spool.pending_records == 0:
-            self._alerts.forget_provisional()
+            self._alerts.forget_provisional(cameras=False)
             log.info("spool replayed: %d message(s) in the database", self.replayed)
 
     # -- the transaction ----------------------------------------------------------------
