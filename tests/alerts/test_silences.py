@@ -49,8 +49,12 @@ async def silence(node: Node, matchers: Matchers, starts: datetime = T0,
 
 
 async def raised_silenced(node: Node, **kwargs: Any) -> bool:
+    """Whether the alert is silenced as stored, having checked that the node judges it the
+    same in memory (decided while the database is away, with the silences it last read)."""
+    [shown] = node.alerts.announce([Raise(occ(**kwargs))])
     [change] = await node.alerts.raise_now([Raise(occ(**kwargs))])
     assert change.action == "opened"
+    assert shown.alert.silenced is change.alert.silenced, (shown.alert, change.alert)
     return change.alert.silenced
 
 

@@ -86,6 +86,8 @@ class AlertService:
         # Alerts as changed in memory while the database is away (`announce`), by
         # fingerprint, until a stored change of theirs comes: newer than the database.
         self.provisional: dict[str, q.Alert] = {}
+        # Silences active or pending, as of the last refresh: those `announce` applies.
+        self.silences: list[_silences.Silence] = []
         self._announcers: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -127,7 +129,7 @@ class AlertService:
         for round_ in _rounds(decisions):
             for d in round_:
                 done = (raise_in_memory(self.open_alerts, self._with_escalation(d.occurrence),
-                                        now)
+                                        now, self.silences)
                         if isinstance(d, Raise) else resolve_in_memory(self.open_alerts, d))
                 if done is not None:
                     action, alert = done
@@ -187,6 +189,7 @@ class AlertService:
         alerts: list[q.Alert] = []
         before_refresh = self.open_alerts
         async with self._store.transaction() as conn:
+            self.silences = await _silences.current_silences(conn, self._clock())
             cursor = await conn.cursor(q.UNRESOLVED)
             while rows := await cursor.fetch(REFRESH_CHUNK):
                 for row in rows:
@@ -368,6 +371,7 @@ class AlertService:
             silence = await _silences.create_silence(
                 conn, matchers, starts_at, ends_at, comment, actor, self._clock())
             done = await _silences.sweep(conn, self._clock(), actor)
+            self.silences = await _silences.current_silences(conn, self._clock())
         changes = [AlertChange(action, alert, actor) for action, alert in done]
         self.publish(changes)
         return silence, changes
@@ -384,6 +388,7 @@ class AlertService:
             silence = await _silences.end_silence(conn, silence_id, sites, actor,
                                                   self._clock())
             done = await _silences.sweep(conn, self._clock(), actor)
+            self.silences = await _silences.current_silences(conn, self._clock())
         changes = [AlertChange(action, alert, actor) for action, alert in done]
         self.publish(changes)
         return silence, changes

@@ -10,6 +10,8 @@ keep the flag they had, for the record.
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ __all__ = [
     "Matchers",
     "Silence",
     "create_silence",
+    "current_silences",
     "end_silence",
     "get_silence",
     "list_silences",
@@ -52,6 +55,19 @@ class Matchers:
         return {"site": self.site, "source": self.source, "kind": self.kind,
                 "source_type": self.source_type}
 
+    def matches(self, site: str, source: str, kind: str, source_type: str) -> bool:
+        """What `silence_matches` says in SQL, in memory (alerts decided while the
+        database is away)."""
+        return (self.source_type in ("*", source_type) and _glob(self.site).fullmatch(site)
+                is not None and _glob(self.source).fullmatch(source) is not None
+                and _glob(self.kind).fullmatch(kind) is not None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """`*` is the only wildcard (the SQL side escapes LIKE's `%` and `_`)."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
 
 @dataclass(frozen=True, slots=True)
 class Silence:
@@ -71,6 +87,9 @@ class Silence:
                                        row["source_type"]),
                    row["starts_at"], row["ends_at"], row["comment"], row["created_by"],
                    row["created_at"], row["ended_by"], row["ended_at"])
+
+    def active(self, at: datetime) -> bool:
+        return self.starts_at <= at < self.ends_at
 
     def state(self, now: datetime) -> str:
         if now < self.starts_at:
@@ -102,6 +121,12 @@ async def create_silence(conn: Any, matchers: Matchers, starts_at: datetime, end
         matchers.site, matchers.source, matchers.kind, matchers.source_type, starts_at,
         ends_at, comment, created_by, now)
     return Silence.from_row(row)
+
+
+async def current_silences(conn: Any, now: datetime) -> list[Silence]:
+    """Silences not over yet (active or pending): what the node keeps in memory."""
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM silences WHERE ends_at > $1", now)
+    return [Silence.from_row(r) for r in rows]
 
 
 async def get_silence(conn: Any, silence_id: uuid.UUID, sites: frozenset[str] | None,
