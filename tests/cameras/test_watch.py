@@ -75,7 +75,15 @@ async def test_faults_are_detected_alerted_and_cleared(node: Node, rtsp_server: 
                                          "cam-refused": ("offline", {"offline"})}), timeout=30)
         ok = (await cameras())["cam-ok"]
         assert ok["codec"] == "h264" and (ok["width"], ok["height"]) == (640, 360)
-        assert 7 <= ok["fps"] <= 13 and ok["bitrate"] > 0
+
+        async def steady_fps() -> Any:
+            # A rate over `fps_window`: packets a starved machine delivered late arrive
+            # bunched and read high for a window; the stream's own 10 fps shows after.
+            ok = (await cameras())["cam-ok"]
+            return ok if 7 <= ok["fps"] <= 13 and ok["bitrate"] > 0 else _Wrong(
+                {"fps": ok["fps"], "bitrate": ok["bitrate"]})
+
+        await eventually(steady_fps, timeout=20)
         assert ok["url"] == f"rtsp://***@127.0.0.1:{rtsp_server.port}/live/watch-ok"
         await eventually(lambda: _references(node, len(FAULTS) + 1), timeout=30)
 

@@ -41,7 +41,7 @@ from vigie.alerts import AlertService, Decision, Raise, Resolve
 from vigie.cameras._health import CameraHealth, HealthChange
 from vigie.cameras._history import MAX_SAMPLES, MAX_TRANSITIONS, CameraHistory
 from vigie.cameras._learning import ReferenceStatus
-from vigie.cameras._stream import CameraSpec
+from vigie.cameras._stream import CONNECT_TIMEOUT, CameraSpec
 from vigie.cameras._worker import Sample
 from vigie.cameras._workers import WorkerPool, worker_count
 from vigie.config import CAMERA_REASONS, CameraChecks, CameraConfig, Config, SiteConfig
@@ -61,7 +61,7 @@ REPORT_EVERY = 1.0  # workers report every camera this often
 JUDGE_EVERY = 1.0  # hysteresis counts judgements: `bad_samples` 3 means 3 seconds
 SWEEP_EVERY = 0.2  # offline deadlines are checked this often
 SAMPLE_EVERY = 60.0  # stored samples, for history and availability
-FIRST_CONNECTION_GRACE = 5.0  # beyond offline_after, for a camera never received yet
+FIRST_CONNECTION_GRACE = 5.0  # past offline_after + CONNECT_TIMEOUT, for a camera never received
 UNKNOWN_AFTER = 60.0  # a camera not judged this long (its worker is down) becomes unknown
 REFERENCES_TIMEOUT = 10.0  # a restarting worker waits this long for its cameras' references
 _TITLES = {
@@ -352,10 +352,17 @@ class CameraSupervisor:
         s = state.sample
         offline_after = state.checks.offline_after
         if s is None or s.last_packet_at is None or s.at < state.watching_since:
-            # Never a packet since its worker got it: offline once the first connection had
-            # its chance.
-            waited = now - state.watching_since
-            return _OFFLINE if waited > offline_after + FIRST_CONNECTION_GRACE else None
+            # Never a packet since its worker got it: offline once its first connection
+            # failed (refused, or timed out: counted in `reconnects`) and `offline_after`
+            # has passed, or once a connection has had every chance to open, however slow.
+            # Not sooner: a node starting on a loaded machine opens its streams late, and
+            # calling them all offline would page a site unreachable that is not.
+            waited = now - state.watching_since - lag
+            failed = s is not None and s.at >= state.watching_since and s.reconnects > 0
+            if failed and waited > offline_after:
+                return _OFFLINE
+            return (_OFFLINE if waited > offline_after + CONNECT_TIMEOUT + FIRST_CONNECTION_GRACE
+                    else None)
         if now - s.last_packet_at > offline_after + lag:
             return _OFFLINE
         return s.reasons
