@@ -84,6 +84,8 @@ def decode(raw: bytes) -> tuple[dict[bytes, KnownToken], datetime]:
         if doc["format"] != FORMAT:
             raise SnapshotError(f"unknown format {doc['format']!r}")
         taken_at = _aware(doc["taken_at"])
+        if not isinstance(doc["tokens"], list):
+            raise TypeError("tokens")
         tokens = [_token(t) for t in doc["tokens"]]
     except SnapshotError:
         raise
