@@ -39,6 +39,8 @@ from vigie.alerts._feed import Feed
 from vigie.alerts._storms import StormGuard
 from vigie.api import ApiContext, Authenticator, make_api
 from vigie.api._stream import install_stream
+from vigie.api._token_snapshot import FILE_NAME as TOKEN_SNAPSHOT
+from vigie.api._token_snapshot import TokenSnapshot
 from vigie.cameras import CameraSupervisor
 from vigie.cluster import (
     HEARTBEAT_LOCK,
@@ -538,8 +540,14 @@ async def _api(node: Node) -> AsyncIterator[None]:
                                       config.node.name)
         node.metrics.queue_length.labels("audit_spool").set_function(lambda: audit.pending)
         node.spawn("audit-spool", audit.run())
+    # Read before the first request: after a restart while the database is away, tokens
+    # are checked against what the node knew of them before it stopped.
+    config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = await TokenSnapshot.load(config.node.data_dir / TOKEN_SNAPSHOT,
+                                      database_up=node.store.available)
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
-                     auth=Authenticator(node.store, config.api.auth_failures_per_minute),
+                     auth=Authenticator(node.store, config.api.auth_failures_per_minute,
+                                        tokens),
                      schedule=node.schedule or Schedule(()),
                      readiness=node.readiness, clock=node.clock, cameras=node.cameras,
                      feed=node.feed, audit_spool=audit, leases=node.leases)
@@ -555,10 +563,13 @@ async def _api(node: Node) -> AsyncIterator[None]:
     host, port = runner.addresses[0][:2]
     node.api_url = f"{'https' if tls else 'http'}://{host}:{port}"
     log.info("API listening on %s", node.api_url)
+    node.spawn("token-snapshot", tokens.run(node.store, node.dsn, config.api.token_snapshot_every,
+                                            node.clock))
     try:
         yield
     finally:
         await runner.cleanup()
+        await node.stop("token-snapshot", budget=1.0)
         if audit is not None:  # what waits stays on disk for the next start
             await node.stop("audit-spool", budget=1.0)
             await audit.close()

@@ -316,6 +316,11 @@ class ApiConfig(_Model):
     # Failed authentications allowed per client address and minute before 429: slows down
     # token guessing; raise it for a proxy that forwards no client address.
     auth_failures_per_minute: int = Field(default=20, ge=1, le=100_000)
+    # The valid tokens (hashes, never the tokens) are read into node.data_dir this often,
+    # and at once on a change: tokens keep working while the database is away. A token
+    # revoked while a node could not hear of it may be accepted there during an outage
+    # for up to this long after its revocation.
+    token_snapshot_every: Duration = Field(default=30.0, ge=1.0, le=3600.0)
 
     @field_validator("tls_cert", "tls_key", mode="after")
     @classmethod

@@ -149,7 +149,12 @@ async def test_secrets_appear_nowhere(fresh_dsn: str, tls_broker: TlsBroker,
     assert "connected to MQTT broker" in logs and "watching 2 camera(s)" in logs
     seen.append(logs)
     seen.append(capsys.readouterr().err)
-    found = {s: [t[:200] for t in seen if s in t] for s in SECRETS}
+    # The node's own files (spools, the API token snapshot: hashes only).
+    files_seen = [f.read_bytes().decode("utf-8", "replace")
+                  for f in config.node.data_dir.rglob("*") if f.is_file()]
+    assert (config.node.data_dir / "api-tokens.json").exists()
+    seen += files_seen
+    found = {s: [t[:200] for t in seen if s in t] for s in (*SECRETS, *tokens.values())}
     assert not any(found.values()), f"secrets leaked: {found}"
     # The check could fail: the secrets were really in use, and a leak would be seen.
     assert leaks(f"x{CAMERA_PASSWORD}x") and leaks(tls_broker.password_file.read_text())

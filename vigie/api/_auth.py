@@ -10,9 +10,10 @@ from datetime import datetime
 
 from aiohttp import web
 
+from vigie.api._token_snapshot import KnownToken, TokenSnapshot
 from vigie.errors import StoreUnavailable
 from vigie.store import Store
-from vigie.store._tokens import authenticate
+from vigie.store._tokens import authenticate, token_hash
 
 __all__ = ["Authenticator", "Principal", "client_address", "forwarded_https"]
 
@@ -34,10 +35,16 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, store: Store, max_failures: int = MAX_FAILURES) -> None:
+    """Who a token is: the database's answer whenever it answers, and while it is away what
+    the node last knew of the valid tokens (`TokenSnapshot`: on disk, so after a restart
+    too; see its module for how late a revocation may be heard)."""
+
+    def __init__(self, store: Store, max_failures: int = MAX_FAILURES,
+                 snapshot: TokenSnapshot | None = None) -> None:
         self._store = store
         self._max_failures = max_failures
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self.snapshot = snapshot or TokenSnapshot()  # in memory only: what lookups taught
+        self._cache: dict[str, tuple[float, KnownToken]] = {}
         self._failures: dict[str, list[float]] = {}
 
     def throttled(self, remote: str) -> bool:
@@ -55,30 +62,44 @@ class Authenticator:
             self._failures.pop(next(iter(self._failures)))
 
     def cached(self, token: str) -> bool:
+        """Whether the token was accepted in the last seconds: such a token passes the
+        throttle of its address (many users behind one proxy, one of them failing). Not
+        the snapshot's tokens: checking a guess against it would let an address that is
+        throttled go on guessing."""
         entry = self._cache.get(token)
         return entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS
 
     async def principal(self, token: str, now: datetime) -> Principal | None:
         cached = self._cache.get(token)
-        if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
-            return cached[1]
+        if cached and time.monotonic() - cached[0] < CACHE_SECONDS and cached[1].valid_at(now):
+            return _principal(cached[1])
         try:
             async with self._store.connection() as conn:
                 info = await authenticate(conn, token, now)
         except StoreUnavailable:
-            # The database is away: a token it accepted before still opens what the node
-            # can serve from memory (no token can be revoked meanwhile either).
-            if cached:
-                return cached[1]
-            raise
+            # The database is away: the snapshot decides (revoked tokens are not in it,
+            # expired ones are refused); StoreUnavailable (503) if there is none at all.
+            known = self.snapshot.find(token, now)
+            if known is None:
+                return None
+            self._remember(token, known)
+            return _principal(known)
+        self.snapshot.learned(token, info)
         if info is None:
             self._cache.pop(token, None)
             return None
-        principal = Principal(info.name, info.role, info.sites)
+        known = KnownToken.of(token_hash(token), info)
+        self._remember(token, known)
+        return _principal(known)
+
+    def _remember(self, token: str, known: KnownToken) -> None:
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = (time.monotonic(), principal)
-        return principal
+        self._cache[token] = (time.monotonic(), known)
+
+
+def _principal(token: KnownToken) -> Principal:
+    return Principal(token.name, token.role, token.sites)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

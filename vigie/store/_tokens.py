@@ -14,10 +14,23 @@ import asyncpg
 
 from vigie.errors import Conflict, NotFound
 
-__all__ = ["ROLES", "TokenInfo", "authenticate", "create_token", "list_tokens", "revoke_token"]
+__all__ = [
+    "CHANNEL",
+    "ROLES",
+    "TokenInfo",
+    "authenticate",
+    "create_token",
+    "list_tokens",
+    "revoke_token",
+    "token_hash",
+    "valid_tokens",
+]
 
 ROLES = ("admin", "operator", "technician", "viewer")
 _PREFIX = "vigie_"
+# Told on every creation and revocation (delivered at commit): each node refreshes its token
+# snapshot at once instead of at its next round (vigie.api._token_snapshot).
+CHANNEL = "vigie_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +54,8 @@ class TokenInfo:
                 "last_used_at": iso(self.last_used_at), "revoked_at": iso(self.revoked_at)}
 
 
-def _hash(token: str) -> bytes:
+def token_hash(token: str) -> bytes:
+    """What is stored of a token (api_tokens.hash, and the node's token snapshot)."""
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
@@ -69,10 +83,11 @@ async def create_token(
         row = await conn.fetchrow(
             f"INSERT INTO api_tokens (id, name, hash, role, sites, expires_at) "
             f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
-            uuid.uuid4(), name, _hash(token), role, sites, expires_at,
+            uuid.uuid4(), name, token_hash(token), role, sites, expires_at,
         )
     except asyncpg.UniqueViolationError:  # created at the same moment elsewhere
         raise Conflict(f"a token named {name!r} already exists; revoke it first") from None
+    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
     return token, _info(row)
 
 
@@ -87,12 +102,13 @@ async def revoke_token(conn: Any, name: str) -> TokenInfo:
         f"RETURNING {_COLUMNS}", name)
     if row is None:
         raise NotFound(f"no active token named {name!r}")
+    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
     return _info(row)
 
 
 async def authenticate(conn: Any, token: str, now: datetime) -> TokenInfo | None:
     """The token's record if it is valid now; None otherwise (unknown, revoked, expired)."""
-    digest = _hash(token)
+    digest = token_hash(token)
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS}, hash FROM api_tokens WHERE hash = $1", digest)
     # The lookup is by hash already; the comparison is constant-time all the same.
@@ -105,3 +121,11 @@ async def authenticate(conn: Any, token: str, now: datetime) -> TokenInfo | None
         # Coarse on purpose: one write a minute per token, not one per request.
         await conn.execute("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1", info.id, now)
     return info
+
+
+async def valid_tokens(conn: Any, now: datetime) -> list[tuple[bytes, TokenInfo]]:
+    """Every token valid now (neither revoked nor expired), with its hash."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS}, hash FROM api_tokens WHERE revoked_at IS NULL "
+        f"AND (expires_at IS NULL OR expires_at > $1) ORDER BY name", now)
+    return [(bytes(r["hash"]), _info(r)) for r in rows]
