@@ -152,6 +152,9 @@ class NotifyMetrics:
         self.dead = Counter("vigie_notifications_dead_lettered",
                             "Alert changes given up after their attempts, kept in "
                             "notify_dead_letters", ["notifier"], registry=r)
+        self.redelivered = Counter("vigie_notifications_redelivered",
+                                   "Dead letters sent again on request and delivered",
+                                   ["notifier"], registry=r)
         self.resent = Counter("vigie_notifications_resent",
                               "Active alerts posted again to Alertmanager", ["notifier"],
                               registry=r)
@@ -167,7 +170,8 @@ class NotifyMetrics:
 
 
 class Channel(Protocol):
-    """A notifier's way out: what it wants of the feed, how it delivers one change, and
+    """A notifier's way out: what it wants of the feed, how it delivers one change, how it
+    sends again a change it gave up on (given the alert as it is now, None if purged), and
     (`every` seconds, if set) what it does periodically on the lock holder's connection."""
 
     name: str
@@ -176,6 +180,8 @@ class Channel(Protocol):
     def wants(self, n: Notification) -> bool: ...
 
     async def deliver(self, n: Notification) -> Outcome: ...
+
+    async def redeliver(self, n: Notification, current: dict[str, Any] | None) -> Outcome: ...
 
     async def tick(self, conn: Any) -> None: ...
 
