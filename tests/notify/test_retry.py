@@ -165,3 +165,47 @@ async def _count(found: Any, n: int) -> bool:
 
 async def _sent(rig: Rig, notifier: str, n: int) -> bool:
     return rig.sample("vigie_notifications_sent_total", notifier) >= n
+
+
+async def queued_and_failed(rig: Rig, n: int) -> list[dict[str, Any]] | None:
+    """The dead letters once `n` of them were sent again and failed, oldest first."""
+    found = sorted(await letters(rig), key=lambda d: d["seq"])
+    return found if sum(d["retries"] for d in found) == n else None
+
+
+async def test_a_receiver_still_failing_stops_the_queued_resends(
+        rig: Rig, receiver: Receiver) -> None:
+    await rig.start(rig.channel(notifier_config(rig.dsn, webhook(receiver))))
+    receiver.fail = [500, 500, 500]
+    for source, kind in (("centrale-a", "intrusion"), ("panique-accueil", "panic"),
+                         ("autoprot-baie", "tamper")):
+        await rig.open(source=source, kind=kind)
+    await eventually(lambda: _count(letters(rig), 3))
+    receiver.fail = [503]
+    async with rig.store.connection() as conn:
+        assert await q.queue_retries_of(conn, "csu", None, None, "admin-test") == (3, 0)
+    first, *others = await eventually(lambda: queued_and_failed(rig, 1))
+    assert (first["retries"], first["error"]) == (1, "HTTP 503")
+    # Each of the others would spend the retry policy on a receiver still down.
+    assert [d["retry_requested_at"] for d in others] == [None, None]
+    assert len(receiver.hooks) == 4 and receiver.accepted == []
+
+
+async def test_a_letter_refused_for_good_does_not_stop_the_others(
+        rig: Rig, receiver: Receiver) -> None:
+    await rig.start(rig.channel(notifier_config(rig.dsn, webhook(receiver))))
+    receiver.fail = [500, 500]
+    await rig.open()
+    await rig.open(source="panique-accueil", kind="panic")
+    await eventually(lambda: _count(letters(rig), 2))
+    receiver.fail = [422]  # that one body, not the receiver
+    async with rig.store.connection() as conn:
+        assert await q.queue_retries_of(conn, "csu", None, None, "admin-test") == (2, 0)
+
+    async def one_left() -> list[dict[str, Any]] | None:
+        found = await letters(rig)
+        return found if len(found) == 1 and found[0]["retries"] == 1 else None
+
+    [refused] = await eventually(one_left)
+    assert refused["error"] == "HTTP 422" and refused["payload"]["alert"]["source"] == "centrale-a"
+    assert [r.json["alert"]["source"] for r in receiver.accepted] == ["panique-accueil"]

@@ -56,6 +56,7 @@ class Outcome:
     attempts: int
     error: str | None = None
     payload: Any = None  # what was sent (the last attempt), for a dead letter
+    refused: bool = False  # failed for good (not retryable): the receiver is up, but said no
 
 
 def backoff(policy: RetryPolicy, failures: int, rng: random.Random) -> float:
@@ -75,7 +76,7 @@ async def with_retries(attempt: Callable[[], Awaitable[None]], policy: RetryPoli
         except SendFailed as failed:
             on_failure(failed)
             if not failed.retryable or n == policy.attempts:
-                return Outcome(False, n, failed.reason)
+                return Outcome(False, n, failed.reason, refused=not failed.retryable)
             delay = backoff(policy, n, rng)
             if failed.retry_after is not None:  # the receiver said when: not sooner
                 delay = min(policy.max, max(delay, failed.retry_after))

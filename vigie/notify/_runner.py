@@ -217,14 +217,25 @@ class NotifierLoop:
                      "the request of %s", self.name, letter["id"], n.type, n.alert_id,
                      letter["retry_requested_by"])
         else:
+            await self._resend_failed(conn, letter, n, outcome)
+        return True
+
+    async def _resend_failed(self, conn: Any, letter: dict[str, Any], n: Notification,
+                             outcome: Outcome) -> None:
+        async with conn.transaction():
             await q.retry_failed(conn, letter["id"], letter["retry_requested_at"],
                                  outcome.attempts, outcome.error or "",
                                  outcome.payload if outcome.payload is not None
                                  else letter["payload"])
-            log.error("notifier %s: dead letter %d (%s of alert %s) sent again and given up "
-                      "after %d attempt(s): %s; still in notify_dead_letters", self.name,
-                      letter["id"], n.type, n.alert_id, outcome.attempts, outcome.error)
-        return True
+            # Unless it refused this one for good, the receiver still fails: each of the
+            # others would spend the whole retry policy too, holding live changes back.
+            dropped = 0 if outcome.refused else await q.unqueue_retries(conn, self.name)
+        log.error("notifier %s: dead letter %d (%s of alert %s) sent again and given up after "
+                  "%d attempt(s): %s; still in notify_dead_letters", self.name, letter["id"],
+                  n.type, n.alert_id, outcome.attempts, outcome.error)
+        if dropped:
+            log.error("notifier %s: the receiver still fails; %d other queued resend(s) left "
+                      "as dead letters: ask again once it is mended", self.name, dropped)
 
     async def _advance(self, conn: Any, seq: int) -> None:
         await q.save_cursor(conn, self.name, seq)

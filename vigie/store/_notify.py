@@ -33,6 +33,7 @@ __all__ = [
     "save_cursor",
     "start_cursor",
     "trimmed_through",
+    "unqueue_retries",
 ]
 
 FeedRow = Any  # an asyncpg Record: seq, type, at, site, payload (JSON text)
@@ -248,3 +249,11 @@ async def retry_failed(conn: Any, letter: int, requested_at: Any, attempts: int,
                                          THEN NULL ELSE retry_requested_at END
            WHERE id = $1""",
         letter, requested_at, attempts, error, orjson.dumps(payload).decode())
+
+
+async def unqueue_retries(conn: Any, notifier: str) -> int:
+    """Leave the notifier's queued resends as plain dead letters: how many there were."""
+    result = await conn.execute(
+        """UPDATE notify_dead_letters SET retry_requested_at = NULL, retry_requested_by = NULL
+           WHERE notifier = $1 AND retry_requested_at IS NOT NULL""", notifier)
+    return int(result.split()[-1])
