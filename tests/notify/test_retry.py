@@ -64,6 +64,7 @@ async def test_a_resend_delivers_the_change_with_the_alert_as_it_is_now(
     assert resent["seq"] < resolved["seq"] and resent["redelivered"] is True
     # ... with the alert as it is now: not set back to open.
     assert resent["alert"]["state"] == "resolved"
+    assert resent["alert"] == resolved["alert"]  # as the API shows it, like a live change
     assert receiver.accepted[1].signature_ok
     assert rig.sample("vigie_notifications_redelivered_total", "csu") == 1
 

@@ -201,8 +201,7 @@ class NotifierLoop:
         letter = await q.next_queued_retry(conn, self.name)
         if letter is None:
             return False
-        ids = [letter["alert_id"]] if letter["alert_id"] else []
-        current = next(iter(await q.alerts_by_id(conn, ids)), None) if ids else None
+        current = await q.alert_now(conn, letter["alert_id"]) if letter["alert_id"] else None
         n = Notification.from_dead_letter(letter)
         try:
             outcome = await self.channel.redeliver(n, current)

@@ -7,10 +7,13 @@ or send a queued dead letter any more. The API only queues resends (`queue_retry
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
+
+from vigie.store._alerts import COLUMNS, Alert
 
 __all__ = [
     "RETRY_BATCH",
@@ -18,6 +21,7 @@ __all__ = [
     "FeedRow",
     "active_alerts",
     "add_dead_letter",
+    "alert_now",
     "alerts_by_id",
     "dead_letters",
     "delete_dead_letter",
@@ -41,6 +45,7 @@ FeedRow = Any  # an asyncpg Record: seq, type, at, site, payload (JSON text)
 _ALERT_DOC = "row_to_json(a)::text AS doc"
 # Wakes the lock holder of a notifier when a resend is queued (payload: the notifier).
 RETRY_CHANNEL = "vigie_notify_retry"
+_ALERT_JSONB = ("details", "snapshots")  # the alerts table's jsonb columns
 RETRY_BATCH = 100  # dead letters queued by one bulk request: a bounded burst on a receiver
 _LETTER = """id, notifier, seq, type, alert_id::text AS alert_id, site, attempts, error,
               payload::text AS payload, failed_at, retry_requested_at, retry_requested_by,
@@ -121,6 +126,20 @@ async def alerts_by_id(conn: Any, ids: Sequence[str]) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"SELECT {_ALERT_DOC} FROM alerts a WHERE id = ANY($1::uuid[])", list(ids))
     return [orjson.loads(r["doc"]) for r in rows]
+
+
+async def alert_now(conn: Any, alert_id: str) -> dict[str, Any] | None:
+    """An alert as the API shows it and the feed carries it; None if it was purged."""
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM alerts WHERE id = $1",
+                              uuid.UUID(alert_id))
+    if row is None:
+        return None
+    fields = dict(row)
+    # A notifier's own connection has no jsonb codec (its statements pass JSON text).
+    for name in _ALERT_JSONB:
+        if isinstance(fields[name], str):
+            fields[name] = orjson.loads(fields[name])
+    return Alert.from_row(fields).to_json()
 
 
 async def notifier_progress(conn: Any) -> dict[str, dict[str, Any]]:
