@@ -20,12 +20,8 @@ from vigie.store import _notify as q
 __all__ = ["list_dead_letters", "retry_dead_letters"]
 
 
-def _configured(config: Config, notifier: str) -> bool:
-    return any(n.name == notifier for n in config.notifiers)
-
-
 def _known(config: Config, notifier: str) -> None:
-    if not _configured(config, notifier):
+    if config.notifier(notifier) is None:
         raise VigieError(f"no notifier {notifier!r} in the configuration")
 
 
@@ -71,7 +67,7 @@ async def _retry_one(conn: Any, config: Config, actor: str, letter_id: int) -> N
     if letter is None:
         raise VigieError(f"no dead letter {letter_id}")
     name = letter["notifier"]
-    if not _configured(config, name):
+    if config.notifier(name) is None:
         raise VigieError(f"dead letter {letter_id}: notifier {name!r} is not configured any "
                          "more, nothing can send it")
     if await q.queue_retry(conn, letter_id, actor) is None:

@@ -244,8 +244,16 @@ async def test_a_letter_of_a_notifier_no_longer_configured_cannot_be_sent(node: 
     assert "dismiss" in body["error"]["message"]
 
 
+async def test_a_method_a_route_lacks_is_405_even_where_an_id_could_stand(
+        node: Node) -> None:
+    admin = await token(node, "admin")
+    status, body = await call(node, "DELETE", "/api/v1/notifiers/dead-letters/retry", admin)
+    assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+
+
 @pytest.mark.parametrize(("path", "kwargs", "status", "message"), [
-    ("/api/v1/notifiers/dead-letters/abc/retry", {}, 404, "letter: expected an integer"),
+    # An id that is not a number is no route at all (the path is no dead letter's).
+    ("/api/v1/notifiers/dead-letters/abc/retry", {}, 404, "Not Found"),
     ("/api/v1/notifiers/dead-letters/0/retry", {}, 404, "letter: must be at least 1"),
     ("/api/v1/notifiers/dead-letters/424242/retry", {}, 404, "dead letter 424242 not found"),
     ("/api/v1/notifiers/dead-letters/retry", {}, 400, "expected a JSON object body"),

@@ -59,7 +59,7 @@ async def list_notifier_dead_letters(request: web.Request, ctx: ApiContext, p: P
     from vigie.api._routes import ok
 
     name = q["notifier"]
-    if name is not None and all(n.name != name for n in ctx.config.notifiers):
+    if name is not None and ctx.config.notifier(name) is None:
         raise ApiError(400, "invalid_query", "notifier: no notifier of that name")
     limit = q["limit"]
     cursor = id_cursor(q["cursor"])
@@ -83,10 +83,6 @@ async def dismiss_notifier_dead_letter(request: web.Request, ctx: ApiContext, p:
     return web.Response(status=204)
 
 
-def _configured(ctx: ApiContext, name: str) -> bool:
-    return any(n.name == name for n in ctx.config.notifiers)
-
-
 async def retry_notifier_dead_letter(request: web.Request, ctx: ApiContext, p: Principal,
                                      q: dict[str, Any]) -> web.Response:
     from vigie.api._routes import ok
@@ -97,7 +93,7 @@ async def retry_notifier_dead_letter(request: web.Request, ctx: ApiContext, p: P
             raise ApiError(404, "not_found", f"dead letter {q['letter']} not found")
         audit_site(request, letter["site"])
         audit_details(request, {"notifier": letter["notifier"]})
-        if not _configured(ctx, letter["notifier"]):
+        if ctx.config.notifier(letter["notifier"]) is None:
             # No node runs it: queued, it would wait for ever.
             raise ApiError(409, "notifier_not_configured",
                            f"notifier {letter['notifier']!r} is not configured any more: "
@@ -116,7 +112,7 @@ async def retry_notifier_dead_letters(request: web.Request, ctx: ApiContext, p: 
     name = body.text("notifier", required=True, max_length=128)
     site = body.text("site", max_length=128)
     assert name is not None
-    if not _configured(ctx, name):
+    if ctx.config.notifier(name) is None:
         raise ApiError(422, "invalid_body", "notifier: no notifier of that name")
     if site is not None:
         # A site the token may not see answers as an unknown one, as everywhere else.

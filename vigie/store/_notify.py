@@ -43,13 +43,21 @@ __all__ = [
 FeedRow = Any  # an asyncpg Record: seq, type, at, site, payload (JSON text)
 
 _ALERT_DOC = "row_to_json(a)::text AS doc"
+_ALERT_JSONB = ("details", "snapshots")  # the alerts table's jsonb columns
 # Wakes the lock holder of a notifier when a resend is queued (payload: the notifier).
 RETRY_CHANNEL = "vigie_notify_retry"
-_ALERT_JSONB = ("details", "snapshots")  # the alerts table's jsonb columns
 RETRY_BATCH = 100  # dead letters queued by one bulk request: a bounded burst on a receiver
 _LETTER = """id, notifier, seq, type, alert_id::text AS alert_id, site, attempts, error,
               payload::text AS payload, failed_at, retry_requested_at, retry_requested_by,
               retries"""
+
+
+def _letter(row: Any) -> dict[str, Any]:
+    return {**dict(row), "payload": orjson.loads(row["payload"])}
+
+
+def _scope(sites: Collection[str] | None) -> list[str] | None:
+    return list(sites) if sites is not None else None
 
 
 async def start_cursor(conn: Any, notifier: str) -> int:
@@ -169,7 +177,7 @@ async def list_dead_letters(conn: Any, notifier: str | None, sites: Collection[s
              AND ($2::text[] IS NULL OR site = ANY($2::text[]))
              AND ($3::bigint IS NULL OR id < $3)
            ORDER BY id DESC LIMIT $4""",
-        notifier, list(sites) if sites is not None else None, before, limit)
+        notifier, _scope(sites), before, limit)
     return [_letter(r) for r in rows]
 
 
@@ -179,16 +187,8 @@ async def delete_dead_letter(conn: Any, letter: int, sites: Collection[str] | No
     site = await conn.fetchval(
         """DELETE FROM notify_dead_letters
            WHERE id = $1 AND ($2::text[] IS NULL OR site = ANY($2::text[]))
-           RETURNING site""", letter, list(sites) if sites is not None else None)
+           RETURNING site""", letter, _scope(sites))
     return str(site) if site is not None else None
-
-
-def _letter(row: Any) -> dict[str, Any]:
-    return {**dict(row), "payload": orjson.loads(row["payload"])}
-
-
-def _scope(sites: Collection[str] | None) -> list[str] | None:
-    return list(sites) if sites is not None else None
 
 
 async def get_dead_letter(conn: Any, letter: int, sites: Collection[str] | None
