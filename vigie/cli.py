@@ -255,6 +255,22 @@ def cmd_relearn(args: argparse.Namespace) -> int:
                        args.timeout)
 
 
+def cmd_notifiers(args: argparse.Namespace) -> int:
+    from vigie.cli_notifiers import list_dead_letters, retry_dead_letters
+
+    config = _load(args)
+
+    async def work(conn: Any) -> int:
+        if args.notifiers_cmd == "dead-letters":
+            if args.limit < 1:
+                raise VigieError("--limit must be at least 1")
+            return await list_dead_letters(conn, config, args.notifier, args.limit)
+        return await retry_dead_letters(conn, config, _operator(), args.ids, args.notifier,
+                                        args.site)
+
+    return asyncio.run(_with_store(config, work))
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     from vigie.cli_completion import completion_script
 
@@ -331,6 +347,18 @@ def _parser() -> argparse.ArgumentParser:
                          "of the config)")
     relearn.add_argument("--token", help="a technician or admin token (default: $VIGIE_TOKEN)")
     cameras.set_defaults(func=cmd_relearn)
+    notifiers = sub.add_parser("notifiers", help="notifications given up (dead letters)")
+    nsub = notifiers.add_subparsers(dest="notifiers_cmd", required=True)
+    dead = nsub.add_parser("dead-letters", parents=[common],
+                           help="list dead letters, newest first")
+    dead.add_argument("--notifier", help="one notifier's")
+    dead.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    retry = nsub.add_parser("retry", parents=[common],
+                            help="send dead letters again once the receiver is mended")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids")
+    retry.add_argument("--notifier", help="instead of ids: this notifier's oldest 100")
+    retry.add_argument("--site", help="with --notifier: only this site's")
+    notifiers.set_defaults(func=cmd_notifiers)
     from vigie.cli_completion import SHELLS
 
     completion = sub.add_parser("completion", help="print a shell completion script")

@@ -961,6 +961,9 @@ class Config(_Model):
     def site(self, site_id: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.id == site_id), None)
 
+    def notifier(self, name: str) -> WebhookNotifier | AlertmanagerNotifier | None:
+        return next((n for n in self.notifiers if n.name == name), None)
+
     @property
     def mqtt_client_id(self) -> str:
         return self.mqtt.client_id or f"vigie-{self.node.name}"

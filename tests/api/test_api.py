@@ -221,9 +221,16 @@ async def add_events(node: Node, rows: list[tuple[str, str, str, str, datetime]]
              for i, (site, sensor, kind, state, ts) in enumerate(rows)])
 
 
+# The notifier whose dead letters the notifier routes act on (a resend needs it configured);
+# its receiver is a closed port: what it is sent becomes a dead letter at once.
+NOTIFIERS = [{"type": "webhook", "name": "csu", "url": "http://127.0.0.1:9/hook",
+              "secret": "role-test-secret-0123456789", "max_attempts": 1}]
+
+
 @pytest.fixture
 async def node(fresh_dsn: str) -> AsyncIterator[Node]:
-    async with running_node(make_config(fresh_dsn, NO_MQTT), with_mqtt=False) as node:
+    async with running_node(make_config(fresh_dsn, NO_MQTT, notifiers=NOTIFIERS),
+                            with_mqtt=False) as node:
         yield node
 
 

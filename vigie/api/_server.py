@@ -181,12 +181,23 @@ def _wrap(ep: Endpoint) -> Any:
     return handle
 
 
+def _route(ep: Endpoint) -> str:
+    """The path aiohttp routes on: an integer path parameter matches digits only, so that a
+    word in its place (`dead-letters/retry` beside `dead-letters/{letter}`) is the other
+    resource, answering 405 for a method it lacks rather than a 404 about the parameter."""
+    path = ep.path
+    for p in ep.params:
+        if p.where == "path" and p.type == "integer":
+            path = path.replace(f"{{{p.name}}}", f"{{{p.name}:\\d+}}")
+    return path
+
+
 def make_api(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[request_ids, security_headers, cors, error_middleware],
                           client_max_size=256 * 1024)
     app[CONTEXT] = ctx
     table = endpoints()
     for ep in table:
-        app.router.add_route(ep.method, ep.path, _wrap(ep))
+        app.router.add_route(ep.method, _route(ep), _wrap(ep))
     ctx.openapi = openapi_document(table, SCHEMAS, __version__)
     return app

@@ -200,7 +200,7 @@ def _responses(ep: Endpoint) -> dict[str, Any]:
     # A filter on a site the token may not see answers as for an unknown site: 404.
     if any(p.where == "path" or p.name == "site" for p in ep.params):
         out["404"] = {"description": "Not found", **err}
-    if ep.body or ep.method == "DELETE":
+    if ep.method != "GET":  # a change the current state does not allow, body or not
         out["409"] = {"description": "Conflicts with the current state", **err}
     if ep.body:
         out["413"] = {"description": "Body too large", **err}

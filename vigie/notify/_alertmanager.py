@@ -5,6 +5,12 @@ before its resolve_timeout, and resolves it when told its endsAt (or when posts 
 each alert change is posted at once, and every `resend_every` all active alerts are posted
 again from the `alerts` table: whatever was missed (a change lost, Alertmanager restarted
 and forgot) is mended within one round.
+
+For the same reason a dead letter sent again on request (`redeliver`) posts the alert's
+state now, read from the database, not the posts that failed: a "firing" re-sent for an
+alert resolved since would page for nothing until Alertmanager's resolve_timeout. An alert
+resolved, silenced or graver since is posted as such (ended, or its old labels ended); an
+alert purged since has nothing left to tell.
 """
 
 from __future__ import annotations
@@ -98,6 +104,13 @@ class AlertmanagerChannel:
         if outcome.delivered:
             self._remember(n.alert)
         return dataclasses.replace(outcome, payload=alerts)
+
+    async def redeliver(self, n: Notification, current: dict[str, Any] | None) -> Outcome:
+        if current is None:
+            log.info("notifier %s: alert %s of the dead letter for feed seq %d no longer "
+                     "exists: nothing to send", self.name, n.alert_id, n.seq)
+            return Outcome(True, 0)
+        return await self.deliver(dataclasses.replace(n, alert=current))
 
     async def tick(self, conn: Any) -> None:
         """Post every active alert again; end those no longer active."""

@@ -56,6 +56,7 @@ class Outcome:
     attempts: int
     error: str | None = None
     payload: Any = None  # what was sent (the last attempt), for a dead letter
+    refused: bool = False  # failed for good (not retryable): the receiver is up, but said no
 
 
 def backoff(policy: RetryPolicy, failures: int, rng: random.Random) -> float:
@@ -75,7 +76,7 @@ async def with_retries(attempt: Callable[[], Awaitable[None]], policy: RetryPoli
         except SendFailed as failed:
             on_failure(failed)
             if not failed.retryable or n == policy.attempts:
-                return Outcome(False, n, failed.reason)
+                return Outcome(False, n, failed.reason, refused=not failed.retryable)
             delay = backoff(policy, n, rng)
             if failed.retry_after is not None:  # the receiver said when: not sooner
                 delay = min(policy.max, max(delay, failed.retry_after))
@@ -152,6 +153,9 @@ class NotifyMetrics:
         self.dead = Counter("vigie_notifications_dead_lettered",
                             "Alert changes given up after their attempts, kept in "
                             "notify_dead_letters", ["notifier"], registry=r)
+        self.redelivered = Counter("vigie_notifications_redelivered",
+                                   "Dead letters sent again on request and delivered",
+                                   ["notifier"], registry=r)
         self.resent = Counter("vigie_notifications_resent",
                               "Active alerts posted again to Alertmanager", ["notifier"],
                               registry=r)
@@ -167,7 +171,8 @@ class NotifyMetrics:
 
 
 class Channel(Protocol):
-    """A notifier's way out: what it wants of the feed, how it delivers one change, and
+    """A notifier's way out: what it wants of the feed, how it delivers one change, how it
+    sends again a change it gave up on (given the alert as it is now, None if purged), and
     (`every` seconds, if set) what it does periodically on the lock holder's connection."""
 
     name: str
@@ -176,6 +181,8 @@ class Channel(Protocol):
     def wants(self, n: Notification) -> bool: ...
 
     async def deliver(self, n: Notification) -> Outcome: ...
+
+    async def redeliver(self, n: Notification, current: dict[str, Any] | None) -> Outcome: ...
 
     async def tick(self, conn: Any) -> None: ...
 

@@ -53,6 +53,22 @@ class Notification:
         return cls(seq=row["seq"], type=row["type"], at=row["at"], site=row["site"],
                    actor=str(payload.get("actor", "vigie")), alert=payload.get("alert") or {})
 
+    @classmethod
+    def from_dead_letter(cls, letter: Mapping[str, Any]) -> Notification:
+        """The change a dead letter was for. A webhook's letter holds the body it was to
+        send (its `at`, `actor`, `alert`); an Alertmanager letter holds the posts, and its
+        channel sends the alert's current state instead (`Channel.redeliver`)."""
+        body = letter["payload"] if isinstance(letter["payload"], dict) else {}
+        try:
+            at = datetime.fromisoformat(str(body["at"]))
+        except (KeyError, ValueError):
+            at = letter["failed_at"]
+        alert = body.get("alert")
+        if not isinstance(alert, dict):
+            alert = {"id": letter["alert_id"], "site": letter["site"]}
+        return cls(seq=letter["seq"], type=letter["type"], at=at, site=letter["site"],
+                   actor=str(body.get("actor", "vigie")), alert=alert)
+
 
 @dataclass(frozen=True, slots=True)
 class AlertFilter:
@@ -78,9 +94,13 @@ def alert_url(base_url: str, alert_id: str | None) -> str:
     return f"{base_url}/api/v1/alerts/{alert_id}"
 
 
-def webhook_body(n: Notification, notifier: str, base_url: str, sent_at: datetime) -> bytes:
+def webhook_body(n: Notification, notifier: str, base_url: str, sent_at: datetime, *,
+                 redelivered: bool = False) -> bytes:
     """The JSON body of a webhook call. `id` is the same for every attempt and after a
-    restart: a receiver de-duplicates on it (delivery is at least once)."""
+    restart: a receiver de-duplicates on it (delivery is at least once). `redelivered`: a
+    dead letter sent again on request, older news than what followed it (see
+    `WebhookChannel.redeliver`)."""
+    extra = {"redelivered": True} if redelivered else {}
     return orjson.dumps({
         "version": WEBHOOK_VERSION,
         "id": f"{notifier}:{n.seq}",
@@ -91,6 +111,7 @@ def webhook_body(n: Notification, notifier: str, base_url: str, sent_at: datetim
         "actor": n.actor,
         "url": alert_url(base_url, n.alert_id),
         "alert": n.alert,
+        **extra,
     })
 
 

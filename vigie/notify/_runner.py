@@ -15,6 +15,11 @@ name: whichever node holds it sends, the others wait; if that node dies its conn
 drops, the lock goes with it and another node carries on from the cursor, which only the
 lock holder's connection moves. Delivery is at least once: a crash between a send and the
 cursor update sends that change again, with the same delivery id.
+
+Dead letters an admin asks to send again are queued in `notify_dead_letters` by whichever
+node serves the API; the lock holder sends them, one at a time between catch-ups of the
+feed (live changes go first: they are the news), through the channel's own delivery and
+retry policy. So one node sends each, once (at least once across a crash, like the rest).
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class NotifierLoop:
                 async with asyncio.timeout(self.lock_retry):
                     await wake.wait()  # set only if the connection is lost
         await conn.add_listener(CHANNEL, lambda *_: wake.set())
+        await conn.add_listener(q.RETRY_CHANNEL, lambda *_: wake.set())
         self.cursor = await q.start_cursor(conn, self.name)
         self._metrics.seq.labels(self.name).set(self.cursor)
         self._set_sending(True)
@@ -116,7 +122,8 @@ class NotifierLoop:
             if conn.is_closed():
                 raise asyncpg.InterfaceError("connection closed")
             await self._catch_up(conn)
-            wait = self.poll_every
+            # One resend at a time: after each, the live feed is read again first.
+            wait = 0.0 if await self._resend_queued(conn) else self.poll_every
             if every is not None:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + every
@@ -188,6 +195,46 @@ class NotifierLoop:
                 await self._advance(conn, n.seq)
             return
         await self._advance(conn, n.seq)
+
+    async def _resend_queued(self, conn: Any) -> bool:
+        """Send the oldest dead letter queued for a resend, if any: True if there was one."""
+        letter = await q.next_queued_retry(conn, self.name)
+        if letter is None:
+            return False
+        current = await q.alert_now(conn, letter["alert_id"]) if letter["alert_id"] else None
+        n = Notification.from_dead_letter(letter)
+        try:
+            outcome = await self.channel.redeliver(n, current)
+        except Exception as exc:  # a bug, not the receiver: it stays a dead letter
+            log.exception("notifier %s: cannot send dead letter %d again", self.name,
+                          letter["id"])
+            outcome = Outcome(False, 1, f"internal error: {type(exc).__name__}")
+        if outcome.delivered:
+            await q.retry_delivered(conn, letter["id"])
+            self._metrics.redelivered.labels(self.name).inc()
+            log.info("notifier %s: dead letter %d (%s of alert %s) delivered, sent again at "
+                     "the request of %s", self.name, letter["id"], n.type, n.alert_id,
+                     letter["retry_requested_by"])
+        else:
+            await self._resend_failed(conn, letter, n, outcome)
+        return True
+
+    async def _resend_failed(self, conn: Any, letter: dict[str, Any], n: Notification,
+                             outcome: Outcome) -> None:
+        async with conn.transaction():
+            await q.retry_failed(conn, letter["id"], letter["retry_requested_at"],
+                                 outcome.attempts, outcome.error or "",
+                                 outcome.payload if outcome.payload is not None
+                                 else letter["payload"])
+            # Unless it refused this one for good, the receiver still fails: each of the
+            # others would spend the whole retry policy too, holding live changes back.
+            dropped = 0 if outcome.refused else await q.unqueue_retries(conn, self.name)
+        log.error("notifier %s: dead letter %d (%s of alert %s) sent again and given up after "
+                  "%d attempt(s): %s; still in notify_dead_letters", self.name, letter["id"],
+                  n.type, n.alert_id, outcome.attempts, outcome.error)
+        if dropped:
+            log.error("notifier %s: the receiver still fails; %d other queued resend(s) left "
+                      "as dead letters: ask again once it is mended", self.name, dropped)
 
     async def _advance(self, conn: Any, seq: int) -> None:
         await q.save_cursor(conn, self.name, seq)

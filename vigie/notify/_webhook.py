@@ -1,4 +1,13 @@
-"""The generic webhook: one signed JSON POST per alert change the notifier wants."""
+"""The generic webhook: one signed JSON POST per alert change the notifier wants.
+
+A dead letter sent again on request (`redeliver`) keeps the identity of the change it was
+for — `id`, `type`, `seq`, `at` — so that a receiver de-duplicates it and can tell it is
+older news than what it received since, and is flagged `"redelivered": true`. Its `alert`
+is the alert as it is now, not as it was at the change: a receiver that keeps its copy of
+the alert from the last message it got (a ticket's status) must not be set back to
+"open" by an opening re-sent after the alert was resolved. Only an alert purged from the
+database since is sent as it was.
+"""
 
 from __future__ import annotations
 
@@ -49,13 +58,21 @@ class WebhookChannel:
         return n.action in self._actions and self._filter.matches(n.alert)
 
     async def deliver(self, n: Notification) -> Outcome:
+        return await self._send(n, redelivered=False)
+
+    async def redeliver(self, n: Notification, current: dict[str, Any] | None) -> Outcome:
+        return await self._send(dataclasses.replace(n, alert=current or n.alert),
+                                redelivered=True)
+
+    async def _send(self, n: Notification, *, redelivered: bool) -> Outcome:
         secret = self._config.secret.reveal().encode()
         url = self._config.url.reveal()
         last: bytes = b""
 
         async def attempt() -> None:
             nonlocal last
-            last = webhook_body(n, self.name, self._base_url, self._clock())
+            last = webhook_body(n, self.name, self._base_url, self._clock(),
+                                redelivered=redelivered)
             headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, last),
                        "X-Vigie-Event": n.type, "X-Vigie-Delivery": f"{self.name}:{n.seq}"}
             await self._poster.post(url, last, headers, self._config.timeout)
