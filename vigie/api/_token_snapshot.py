@@ -260,6 +260,9 @@ class TokenSnapshot:
             log.debug("token changes: cannot listen: %s", redact_text(str(exc)))
             await _close(conn)
             return None
+        except BaseException:  # cancelled (the node stops) while it set up: not left open
+            conn.terminate()
+            raise
         return conn
 
 
