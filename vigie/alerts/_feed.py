@@ -40,6 +40,7 @@ from vigie.errors import StoreError, StoreUnavailable, VigieError
 from vigie.metrics import Metrics
 from vigie.secrets import redact_text
 from vigie.store import Store
+from vigie.store._direct import DRIVER_ERRORS, close_quietly
 
 __all__ = ["LAGGED", "SHUTDOWN", "SLOW", "Feed", "FeedMessage", "Subscription"]
 
@@ -55,10 +56,6 @@ SLOW, LAGGED, SHUTDOWN = "slow", "lagged", "shutdown"  # why a subscription was 
 ANNOUNCED_ONCE = ("alert.opened", "alert.resolved")
 ANNOUNCED_KEEP = 10_000  # per subscription; a stored copy never read back is forgotten
 
-# InternalClientError: asyncpg's protocol confused by a server going away mid-query (seen
-# when PostgreSQL is stopped under load): a lost connection like the others.
-_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                  asyncpg.exceptions.InternalClientError)
 _COLUMNS = "seq, type, at, site, payload::text AS payload"
 # One statement, so one round trip and its own transaction: the cluster-wide lock first (seq
 # order is then commit order), the rows, the notification; the rows come back as the
@@ -456,19 +453,19 @@ class Feed:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=5, command_timeout=30,
                                              server_settings={"application_name": "vigie-feed"})
-            except _DRIVER_ERRORS as exc:
+            except DRIVER_ERRORS as exc:
                 log.warning("feed: cannot connect to follow changes: %s", redact_text(str(exc)))
             else:
                 try:
                     await self._follow(conn)
-                except _DRIVER_ERRORS as exc:
+                except DRIVER_ERRORS as exc:
                     log.warning("feed: lost the database, following again: %s",
                                 redact_text(str(exc)) or type(exc).__name__)
                 finally:
                     if self.following:
                         delay = RETRY_MIN
                     self.following = False
-                    await _close(conn)
+                    await close_quietly(conn)
             await asyncio.sleep(_jitter(delay))
             delay = min(2 * delay, RETRY_MAX)
 
@@ -542,12 +539,3 @@ def _alert_id(message: FeedMessage) -> str:
     alert = orjson.loads(message.wire).get("alert")
     return str(alert.get("id")) if isinstance(alert, dict) else ""
 
-
-async def _close(conn: Any) -> None:
-    try:
-        with contextlib.suppress(*_DRIVER_ERRORS):
-            async with asyncio.timeout(2):
-                await conn.close()
-    finally:
-        if not conn.is_closed():
-            conn.terminate()

@@ -34,6 +34,7 @@ import orjson
 from vigie.errors import StoreUnavailable, VigieError
 from vigie.secrets import redact_text
 from vigie.store import Store
+from vigie.store._direct import DRIVER_ERRORS, close_quietly
 from vigie.store._tokens import CHANNEL, ROLES, TokenInfo, token_hash, valid_tokens
 
 __all__ = ["FILE_NAME", "KnownToken", "SnapshotError", "TokenSnapshot", "decode", "encode",
@@ -43,8 +44,6 @@ log = logging.getLogger("vigie.api")
 
 FILE_NAME = "api-tokens.json"
 FORMAT = 1
-_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                  asyncpg.exceptions.InternalClientError)
 
 
 class SnapshotError(VigieError):
@@ -243,7 +242,7 @@ class TokenSnapshot:
                         await self._wake.wait()
         finally:
             if listener is not None:
-                await _close(listener)
+                await close_quietly(listener)
 
     async def _listen(self, dsn: str) -> Any:
         """A connection of its own that hears token changes; None while that fails (the
@@ -251,26 +250,17 @@ class TokenSnapshot:
         try:
             conn = await asyncpg.connect(dsn, timeout=5, command_timeout=30,
                                          server_settings={"application_name": "vigie-tokens"})
-        except _DRIVER_ERRORS:
+        except DRIVER_ERRORS:
             return None
         try:
             conn.add_termination_listener(lambda _conn: self._wake.set())
             await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             log.debug("token changes: cannot listen: %s", redact_text(str(exc)))
-            await _close(conn)
+            await close_quietly(conn)
             return None
         except BaseException:  # cancelled (the node stops) while it set up: not left open
             conn.terminate()
             raise
         return conn
 
-
-async def _close(conn: Any) -> None:
-    try:
-        with contextlib.suppress(*_DRIVER_ERRORS):
-            async with asyncio.timeout(2):
-                await conn.close()
-    finally:
-        if not conn.is_closed():
-            conn.terminate()

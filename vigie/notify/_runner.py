@@ -39,6 +39,7 @@ from vigie.notify._delivery import Channel, NotifyMetrics, Outcome
 from vigie.notify._message import Notification
 from vigie.secrets import redact_text
 from vigie.store import _notify as q
+from vigie.store._direct import DRIVER_ERRORS, close_quietly
 
 __all__ = ["NotifierLoop", "lock_key"]
 
@@ -46,7 +47,6 @@ log = logging.getLogger("vigie.notify")
 
 PAGE = 200
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
-_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def lock_key(notifier: str) -> int:
@@ -76,13 +76,13 @@ class NotifierLoop:
                     self._dsn, timeout=5, command_timeout=30,
                     server_settings={"application_name": f"vigie-notify-{self.name}",
                                      "timezone": "UTC"})
-            except _DRIVER_ERRORS as exc:
+            except DRIVER_ERRORS as exc:
                 log.warning("notifier %s: cannot connect to the database: %s", self.name,
                             redact_text(str(exc)) or type(exc).__name__)
             else:
                 try:
                     await self._serve(conn)
-                except _DRIVER_ERRORS as exc:
+                except DRIVER_ERRORS as exc:
                     log.warning("notifier %s: lost the database: %s", self.name,
                                 redact_text(str(exc)) or type(exc).__name__)
                 except Exception:  # a bug must not stop notifications for good
@@ -91,7 +91,7 @@ class NotifierLoop:
                     if self.sending:
                         delay = RETRY_MIN
                     self._set_sending(False)
-                    await _close(conn)
+                    await close_quietly(conn)
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(2 * delay, RETRY_MAX)
 
@@ -170,7 +170,7 @@ class NotifierLoop:
     async def _tick(self, conn: Any) -> None:
         try:
             await self.channel.tick(conn)
-        except _DRIVER_ERRORS:
+        except DRIVER_ERRORS:
             raise
         except Exception:  # the next round tries again; changes keep flowing meanwhile
             log.exception("notifier %s: periodic round failed", self.name)
@@ -241,12 +241,3 @@ class NotifierLoop:
         self.cursor = seq
         self._metrics.seq.labels(self.name).set(seq)
 
-
-async def _close(conn: Any) -> None:
-    try:
-        with contextlib.suppress(*_DRIVER_ERRORS):
-            async with asyncio.timeout(2):
-                await conn.close()
-    finally:
-        if not conn.is_closed():
-            conn.terminate()
