@@ -4,6 +4,7 @@ cameras seen offline a tick or two apart still land together with their site ale
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -119,3 +120,40 @@ def test_everything_held_is_due_on_shutdown(clock: Clock) -> None:
     guard, _ = _guard()
     guard.hold([_offline(BIG, "cam-00")], set())
     assert _sources(guard.due(everything=True)) == ["cam-00"]
+
+
+def test_a_camera_another_node_takes_loses_its_held_raise(clock: Clock) -> None:
+    # Held here, then handed over (or this node leaves): the new holder read the open
+    # alerts when it took the camera; raised here after that, the alert would stay open
+    # for good, resolved by nobody (seen under load in tests/cluster/test_nodes.py: the
+    # leaving node's held raises flushed at its stop).
+    guard, _ = _guard()
+    guard.hold([_offline(BIG, "cam-00"), _offline(BIG, "cam-01")], set())
+    guard.drop(BIG, "cam-00")
+    guard.drop(SMALL, "cam-01")  # another site's camera of that name: not this one
+    clock.now += 10
+    assert _sources(guard.due()) == ["cam-01"]
+    assert _sources(guard.due(everything=True)) == []
+
+
+async def test_the_supervisor_drops_the_held_raises_of_a_camera_it_hands_over(
+        clock: Clock, tmp_path: Path) -> None:
+    from vigie.alerts import AlertService
+    from vigie.cameras._supervisor import CameraSupervisor
+
+    config = parse_config({
+        "node": {"data_dir": str(tmp_path)},
+        "database": {"dsn": "postgresql://x@127.0.0.1/x"},
+        "cluster": {"enabled": True},
+        "sites": [_site(BIG, 12)]})
+    metrics = Metrics("test")
+    alerts = AlertService(None, metrics)  # type: ignore[arg-type]  # no write here
+    alerts.storms = StormGuard(config, metrics, lambda: AT)
+    supervisor = CameraSupervisor(config, None, alerts, metrics,  # type: ignore[arg-type]
+                                  lambda: AT, workers=1)
+    keys = {f"{BIG}/cam-{i:02d}" for i in range(12)}
+    # Judging all twelve (as a cluster node whose workers are not started: nothing is sent).
+    supervisor._started, supervisor._judging, supervisor._watched = True, set(keys), set(keys)
+    alerts.storms.hold([_offline(BIG, "cam-00"), _offline(BIG, "cam-01")], set())
+    supervisor.assign(keys - {f"{BIG}/cam-00"}, keys - {f"{BIG}/cam-00"})  # handed over
+    assert _sources(alerts.storms.due(everything=True)) == ["cam-01"]

@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import eventually, make_config
 from tests.pg import PG_ADMIN_DSN
 from vigie.alerts import AlertService, Raise, Resolve
+from vigie.alerts._storms import StormGuard
 from vigie.cameras._history import CameraHistory, SampleRow
 from vigie.metrics import Metrics
 from vigie.store import Store
@@ -227,3 +228,35 @@ async def test_a_flush_during_the_background_writes_writes_each_row_once(
         await asyncio.gather(writer, return_exceptions=True)
     written = await rows(store, "SELECT details FROM camera_transitions ORDER BY id")
     assert [r["details"]["i"] for r in written] == list(range(1000))
+
+
+async def test_an_offline_alert_held_for_the_storm_window_opens_with_the_cameras_picture(
+    store: Store, fresh_dsn: str, metrics: Metrics, tmp_path: Path
+) -> None:
+    # A site that can make a storm: its camera-offline raises wait up to storm.window for
+    # the rest of its cameras (StormGuard), then the guard opens them. The frame handed
+    # with the raise must still go to the alert (it went only to alerts opened in the call).
+    config = make_config(fresh_dsn, "mqtt://127.0.0.1:1", sites=[{
+        "id": SITE, "name": "Collège", "uai": "0789997X",
+        "cameras": [{"id": f"cam-{c}", "url": f"rtsp://127.0.0.1:1/{c}"} for c in "abc"]}])
+    alerts = AlertService(store, metrics)
+    alerts.storms = StormGuard(config, metrics, lambda: T0)
+    history = CameraHistory(store, alerts, metrics, tmp_path)
+    frame = tmp_path / "snapshots" / SITE / "cam-a.jpg"
+    frame.parent.mkdir(parents=True)
+    frame.write_bytes(b"\xff\xd8 the last frame before the cut")
+
+    history.decisions([Raise(occurrence("offline"))], frame)
+    await history.write_round()
+    assert await rows(store, "SELECT id FROM alerts") == []  # held: not raised yet
+    assert alerts.storms.holding == 1
+
+    await alerts.storms.flush(lambda due: alerts.raise_now(due, hold=False), everything=True)
+    await history.write_round()
+    [alert] = await rows(store, "SELECT kind, state, snapshots FROM alerts")
+    assert (alert["kind"], alert["state"]) == ("offline", "open")
+    [picture] = alert["snapshots"]
+    assert picture["camera"] == "cam-a"
+    [(kept,)] = await rows(store, "SELECT path FROM snapshots WHERE kind <> 'latest'")
+    assert (tmp_path / kept).read_bytes() == frame.read_bytes()
+    assert history.pending() == dict.fromkeys(history.pending(), 0)

@@ -132,7 +132,10 @@ async def test_a_killed_worker_is_restarted_and_its_cameras_carry_on(node: Node)
         await asyncio.sleep(2)
     await eventually(lambda: _lagging(node, "0"), timeout=5)
     assert {v["state"] for v in _views(node).values()} == {"ok"}
-    assert (_metric(node, "vigie_camera_worker_lag_seconds", worker="1") or 0.0) < 0.5
+    # The other worker is the control: not lagging as the stopped one is (`_lagging`: a
+    # second or more). Its own lag is what the node saw of its reports, a few tenths on a
+    # loaded machine whose event loop (the node's, this test's) runs late now and then.
+    assert not await _lagging(node, "1")
     killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
     states: dict[str, set[tuple[str, bool]]] = {c: set() for c in _views(node)}

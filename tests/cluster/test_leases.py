@@ -250,3 +250,29 @@ async def _connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     finally:
         await conn.close()
 
+
+
+async def test_a_node_stopped_while_it_is_nudged_stops() -> None:
+    # The rounds sleep until the next one or a nudge (NOTIFY from another node). A stop
+    # (task.cancel) that came as a nudge woke the sleep was swallowed by asyncio.wait_for
+    # on Python 3.11 (it returns the inner result when both happen in one loop turn): the
+    # rounds went on, claiming cameras after the node left, and the test's close hung
+    # (test_three_nodes_share_sixty_cameras_evenly, 120 s timeout under load).
+    config = make_config("postgresql://127.0.0.1:1/none", "mqtt://127.0.0.1:1",
+                         sites=[site(1)], node={"name": "n1"},
+                         cluster={"enabled": True, "lease_seconds": LEASE,
+                                  "interval": INTERVAL})
+    leases = CameraLeases(config, "postgresql://127.0.0.1:1/none",
+                          Recorder("n1", Judges()), Metrics("n1"))
+    leases._next_renew = leases.lease.now() + 60
+    for turns in range(6):  # the cancel lands a few loop turns after the nudge
+        sleeping = asyncio.create_task(leases._sleep(60))
+        await asyncio.sleep(0)
+        leases._wake.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if sleeping.done():
+            break
+        sleeping.cancel()
+        await asyncio.gather(sleeping, return_exceptions=True)
+        assert sleeping.cancelled(), f"cancel {turns} turn(s) after a nudge was swallowed"

@@ -181,6 +181,17 @@ class StormGuard:
                 site.held.clear()
         return out
 
+    def drop(self, site_id: str, camera: str) -> None:
+        """This node stops judging the camera (handed over, or its leases let go): its held
+        raises are not raised. Its new holder read the open alerts when it took the camera;
+        one opened here after that would stay open for good, resolved by nobody. The new
+        holder judges the camera itself, and raises what is still there."""
+        site = self._sites.get(site_id)
+        if site is not None:
+            prefix = f"{site_id}/{camera}/"
+            for fingerprint in [f for f in site.held if f.startswith(prefix)]:
+                del site.held[fingerprint]
+
     @property
     def holding(self) -> int:
         return sum(len(s.held) for s in self._sites.values())

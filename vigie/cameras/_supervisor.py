@@ -104,6 +104,7 @@ class CameraSupervisor:
                  clock: Callable[[], datetime], workers: int | None = None) -> None:
         self._config = config
         self._store = store
+        self._alerts = alerts
         self._metrics = metrics
         self._clock = clock
         self.cameras: dict[str, CameraState] = {}
@@ -579,6 +580,8 @@ class CameraSupervisor:
         state.reconnects_counted = 0
         state.gauges = {}
         site, cam = state.site.id, state.camera.id
+        if self._alerts.storms is not None:  # its held raises are its new holder's to make
+            self._alerts.storms.drop(site, cam)
         for gauge in (self._metrics.camera_up, self._metrics.camera_fps):
             with contextlib.suppress(KeyError):
                 gauge.remove(site, cam)

@@ -186,8 +186,11 @@ class CameraLeases:
 
     async def _sleep(self, seconds: float) -> None:
         until_renew = self._next_renew - self.lease.now()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+        # comes in the loop turn a nudge wakes it, and the rounds would go on after a stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, min(seconds, until_renew)))
+            async with asyncio.timeout(max(0.0, min(seconds, until_renew))):
+                await self._wake.wait()
         self._wake.clear()
 
     # the steps ---------------------------------------------------------------------------

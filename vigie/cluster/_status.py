@@ -80,9 +80,11 @@ class CameraStatusPublisher:
                     await self.publish(asked=wanted)
             except DB_ERRORS as exc:  # the database being away is reported elsewhere
                 log.debug("camera status not published: %s", redact_text(str(exc)))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a stop that
+            # comes in the loop turn a picture request wakes it (see CameraLeases._sleep).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._leases.picture_asked.wait(),
-                                       max(0.0, next_round - self._clock()))
+                async with asyncio.timeout(max(0.0, next_round - self._clock())):
+                    await self._leases.picture_asked.wait()
 
     async def publish(self, asked: Collection[str] = ()) -> None:
         """One round: the views of every camera this node judges, and the pictures due;
