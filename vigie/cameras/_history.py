@@ -90,9 +90,9 @@ class CameraHistory:
         self._away = False
         self._unsaved = 0  # transitions at the end of `_transitions` that are not on disk
         self._attachments: deque[tuple[alerts_q.Alert, Path]] = deque()
-        # Raises that opened nothing when written: held a moment by the storm guard (a
-        # camera offline waits for the rest of its site), raised later by it. Their frame
-        # is attached when the alert opens (by fingerprint; one per camera and reason).
+        # The frame handed with each raise, by fingerprint, until its alert opens: now, or
+        # seconds later when the storm guard held it (a camera offline waits for the rest
+        # of its site). One per camera and reason at most.
         self._awaiting_open: dict[str, Path] = {}
         alerts.subscribe(self._opened_later)
         self._samples: deque[SampleRow] = deque()
@@ -250,9 +250,17 @@ class CameraHistory:
         if not self._decisions:
             return
         waiting = self._decisions[:]
-        decisions = [d for d, _ in waiting
-                     if self._judged is None or self._judged(*_camera(d))]
-        changes = await self._alerts.raise_now(decisions) if decisions else []
+        chosen = [(d, snapshot) for d, snapshot in waiting
+                  if self._judged is None or self._judged(*_camera(d))]
+        # Before the call: the storm guard may open a raise it held while the call runs.
+        for d, snapshot in chosen:
+            if isinstance(d, Raise) and snapshot is not None:
+                self._awaiting_open[_fingerprint(d)] = snapshot
+            else:  # resolved (a held raise cancelled): nothing will open
+                self._awaiting_open.pop(_fingerprint(d), None)
+        decisions = [d for d, _ in chosen]
+        if decisions:
+            await self._alerts.raise_now(decisions)  # what opens is attached: _opened_later
         del self._decisions[:len(waiting)]
         self._announced = max(0, self._announced - len(waiting))
         if self._provisional and not self._announced:
@@ -263,19 +271,12 @@ class CameraHistory:
         if self._decisions_on_disk:  # what came meanwhile stays there
             self._rewrite_decisions()
             self._decisions_on_disk = bool(self._decisions)
-        snapshots = {_fingerprint(d): snapshot for d, snapshot in waiting}
-        for change in changes:
-            snapshot = snapshots.pop(change.alert.fingerprint, None)
-            if change.action == "opened" and snapshot is not None:
-                self._attachments.append((change.alert, snapshot))
-        for d in decisions:
-            fingerprint = _fingerprint(d)
-            if isinstance(d, Raise) and (snapshot := snapshots.get(fingerprint)) is not None:
-                self._awaiting_open[fingerprint] = snapshot
-            else:
-                self._awaiting_open.pop(fingerprint, None)  # resolved: will not open
 
     def _opened_later(self, change: AlertChange) -> None:
+        """A camera alert opened (by the call that raised it, or seconds later by the storm
+        guard): the frame handed with its raise goes to it. A repeat opens nothing."""
+        if change.action not in ("opened", "repeated") or change.alert.source_type != "camera":
+            return
         snapshot = self._awaiting_open.pop(change.alert.fingerprint, None)
         if snapshot is not None and change.action == "opened":
             self._attachments.append((change.alert, snapshot))
