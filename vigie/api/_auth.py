@@ -44,7 +44,10 @@ class Authenticator:
         self._store = store
         self._max_failures = max_failures
         self.snapshot = snapshot or TokenSnapshot()  # in memory only: what lookups taught
-        self._cache: dict[str, tuple[float, KnownToken]] = {}
+        # Tokens accepted in the last seconds: (when, what, whether the database said so).
+        # Only the database's answers are reused as answers; the snapshot's are asked again
+        # (the database may be back, and decide otherwise), but pass the throttle.
+        self._cache: dict[str, tuple[float, KnownToken, bool]] = {}
         self._failures: dict[str, list[float]] = {}
 
     def throttled(self, remote: str) -> bool:
@@ -64,14 +67,15 @@ class Authenticator:
     def cached(self, token: str) -> bool:
         """Whether the token was accepted in the last seconds: such a token passes the
         throttle of its address (many users behind one proxy, one of them failing). Not
-        the snapshot's tokens: checking a guess against it would let an address that is
-        throttled go on guessing."""
+        every token of the snapshot: checking each guess against it would let an address
+        that is throttled go on guessing."""
         entry = self._cache.get(token)
         return entry is not None and time.monotonic() - entry[0] < CACHE_SECONDS
 
     async def principal(self, token: str, now: datetime) -> Principal | None:
         cached = self._cache.get(token)
-        if cached and time.monotonic() - cached[0] < CACHE_SECONDS and cached[1].valid_at(now):
+        if (cached and cached[2] and time.monotonic() - cached[0] < CACHE_SECONDS
+                and cached[1].valid_at(now)):
             return _principal(cached[1])
         try:
             async with self._store.connection() as conn:
@@ -82,20 +86,20 @@ class Authenticator:
             known = self.snapshot.find(token, now)
             if known is None:
                 return None
-            self._remember(token, known)
+            self._remember(token, known, from_database=False)
             return _principal(known)
         self.snapshot.learned(token, info)
         if info is None:
             self._cache.pop(token, None)
             return None
         known = KnownToken.of(token_hash(token), info)
-        self._remember(token, known)
+        self._remember(token, known, from_database=True)
         return _principal(known)
 
-    def _remember(self, token: str, known: KnownToken) -> None:
+    def _remember(self, token: str, known: KnownToken, from_database: bool) -> None:
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = (time.monotonic(), known)
+        self._cache[token] = (time.monotonic(), known, from_database)
 
 
 def _principal(token: KnownToken) -> Principal:
