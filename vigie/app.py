@@ -251,7 +251,10 @@ async def _ping_forever(node: Node, interval: float = 2.0) -> None:
     while True:
         await asyncio.sleep(interval if node.store.available else 0.25)
         try:
-            await asyncio.wait_for(node.store.ping(), timeout=interval)
+            # Not wait_for: on Python 3.11 it swallows a cancel (the node stopping) that
+            # comes in the loop turn the ping answers, and this loop would go on.
+            async with asyncio.timeout(interval):
+                await node.store.ping()
         except TimeoutError:
             node.store.mark_away(f"no answer within {interval:.0f}s")
         except VigieError:

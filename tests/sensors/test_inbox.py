@@ -189,3 +189,21 @@ async def test_peak_is_the_most_it_held() -> None:
     await inbox.get_batch(10)
     reader.offer([1])
     assert inbox.peak == 3 and len(inbox) == 1
+
+
+async def test_a_wait_cancelled_as_an_item_arrives_is_cancelled() -> None:
+    # The writer stops by cancelling its wait. asyncio.wait_for on Python 3.11 returned the
+    # inner result when the item and the cancel came in one loop turn, swallowing the
+    # cancel: the stopping writer went on taking batches.
+    for turns in range(6):  # the cancel lands a few loop turns after the item
+        inbox: Inbox[int] = Inbox(10)
+        waiting = asyncio.create_task(inbox.get_batch(10, timeout=60))
+        await asyncio.sleep(0)
+        inbox.append(1)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if waiting.done():
+            break
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert waiting.cancelled(), f"cancel {turns} turn(s) after an item was swallowed"

@@ -67,7 +67,10 @@ class Inbox(Generic[T]):
             if timeout <= 0:
                 return []
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                # Not wait_for: on Python 3.11 it swallows a cancel that comes in the loop
+                # turn an item arrives, and a stopping writer would take one more batch.
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
             except TimeoutError:
                 return [] if self._items or not self._closed else None
             if not self._items and not self._closed:

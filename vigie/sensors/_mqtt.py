@@ -214,8 +214,11 @@ class MqttSubscriber:
     async def _serve(self) -> None:
         """Keep-alive pings until the connection is lost."""
         while not self._lost.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # comes in the loop turn the event is set, and the task would go on.
             try:
-                await asyncio.wait_for(self._lost.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._lost.wait()
             except TimeoutError:
                 self._client.loop_misc()
 
