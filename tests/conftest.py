@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,27 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def assert_cancel_lands(start: Callable[[], tuple[Coroutine[Any, Any, Any],
+                                                       Callable[[], None]]],
+                              woken_by: str) -> None:
+    """A task waiting on the coroutine `start` returns, cancelled a few loop turns after its
+    wake-up (the second thing `start` returns) happens, ends cancelled: asyncio.wait_for on
+    Python 3.11 returns the inner result when both come in one loop turn, swallowing the
+    cancel, and a loop around such a wait goes on after its owner stopped it."""
+    for turns in range(6):  # the cancel lands a few loop turns after the wake-up
+        wait, wake = start()
+        waiting = asyncio.create_task(wait)
+        await asyncio.sleep(0)
+        wake()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if waiting.done():
+            break
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert waiting.cancelled(), f"cancel {turns} turn(s) after {woken_by} was swallowed"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from tests.cluster.conftest import Judges, Recorder, TcpProxy, through, wait_for
-from tests.conftest import make_config
+from tests.conftest import assert_cancel_lands, make_config
 from vigie.cluster import CameraLeases
 from vigie.metrics import Metrics
 from vigie.store import Store
@@ -265,14 +265,4 @@ async def test_a_node_stopped_while_it_is_nudged_stops() -> None:
     leases = CameraLeases(config, "postgresql://127.0.0.1:1/none",
                           Recorder("n1", Judges()), Metrics("n1"))
     leases._next_renew = leases.lease.now() + 60
-    for turns in range(6):  # the cancel lands a few loop turns after the nudge
-        sleeping = asyncio.create_task(leases._sleep(60))
-        await asyncio.sleep(0)
-        leases._wake.set()
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        if sleeping.done():
-            break
-        sleeping.cancel()
-        await asyncio.gather(sleeping, return_exceptions=True)
-        assert sleeping.cancelled(), f"cancel {turns} turn(s) after a nudge was swallowed"
+    await assert_cancel_lands(lambda: (leases._sleep(60), leases._wake.set), "a nudge")

@@ -7,9 +7,12 @@ when a full inbox has room again, calls `on_room` so that the reader resumes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
+from tests.conftest import assert_cancel_lands
 from vigie.sensors._inbox import Inbox
 
 
@@ -195,15 +198,8 @@ async def test_a_wait_cancelled_as_an_item_arrives_is_cancelled() -> None:
     # The writer stops by cancelling its wait. asyncio.wait_for on Python 3.11 returned the
     # inner result when the item and the cancel came in one loop turn, swallowing the
     # cancel: the stopping writer went on taking batches.
-    for turns in range(6):  # the cancel lands a few loop turns after the item
+    def start() -> tuple[Coroutine[Any, Any, Any], Callable[[], None]]:
         inbox: Inbox[int] = Inbox(10)
-        waiting = asyncio.create_task(inbox.get_batch(10, timeout=60))
-        await asyncio.sleep(0)
-        inbox.append(1)
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        if waiting.done():
-            break
-        waiting.cancel()
-        await asyncio.gather(waiting, return_exceptions=True)
-        assert waiting.cancelled(), f"cancel {turns} turn(s) after an item was swallowed"
+        return inbox.get_batch(10, timeout=60), lambda: inbox.append(1)
+
+    await assert_cancel_lands(start, "an item")
