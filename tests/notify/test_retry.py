@@ -88,14 +88,19 @@ async def test_a_resend_that_fails_again_stays_a_dead_letter(rig: Rig,
     assert rig.sample("vigie_notifications_redelivered_total", "csu") == 0
 
 
-async def test_queued_resends_go_out_in_feed_order_between_live_changes(
-        rig: Rig, receiver: Receiver) -> None:
+async def three_dead_letters(rig: Rig, receiver: Receiver) -> None:
+    """A webhook notifier whose receiver refused three alerts: three dead letters."""
     await rig.start(rig.channel(notifier_config(rig.dsn, webhook(receiver))))
     receiver.fail = [500, 500, 500]
     for source, kind in (("centrale-a", "intrusion"), ("panique-accueil", "panic"),
                          ("autoprot-baie", "tamper")):
         await rig.open(source=source, kind=kind)
     await eventually(lambda: _count(letters(rig), 3))
+
+
+async def test_queued_resends_go_out_in_feed_order_between_live_changes(
+        rig: Rig, receiver: Receiver) -> None:
+    await three_dead_letters(rig, receiver)
     async with rig.store.connection() as conn:
         assert await q.queue_retries_of(conn, "csu", None, None, "admin-test") == (3, 0)
     await eventually(lambda: gone(rig))
@@ -176,12 +181,7 @@ async def queued_and_failed(rig: Rig, n: int) -> list[dict[str, Any]] | None:
 
 async def test_a_receiver_still_failing_stops_the_queued_resends(
         rig: Rig, receiver: Receiver) -> None:
-    await rig.start(rig.channel(notifier_config(rig.dsn, webhook(receiver))))
-    receiver.fail = [500, 500, 500]
-    for source, kind in (("centrale-a", "intrusion"), ("panique-accueil", "panic"),
-                         ("autoprot-baie", "tamper")):
-        await rig.open(source=source, kind=kind)
-    await eventually(lambda: _count(letters(rig), 3))
+    await three_dead_letters(rig, receiver)
     receiver.fail = [503]
     async with rig.store.connection() as conn:
         assert await q.queue_retries_of(conn, "csu", None, None, "admin-test") == (3, 0)
