@@ -250,8 +250,7 @@ class CameraHistory:
         if not self._decisions:
             return
         waiting = self._decisions[:]
-        chosen = [(d, snapshot) for d, snapshot in waiting
-                  if self._judged is None or self._judged(*_camera(d))]
+        chosen = [(d, snapshot) for d, snapshot in waiting if self._ours(d)]
         # Before the call: the storm guard may open a raise it held while the call runs.
         for d, snapshot in chosen:
             if isinstance(d, Raise) and snapshot is not None:
@@ -327,12 +326,16 @@ class CameraHistory:
                 "id": snapshot_id, "camera": alert.source, "taken_at": taken.isoformat(),
                 "url": f"/api/v1/snapshots/{snapshot_id}"})
 
+    def _ours(self, d: Decision) -> bool:
+        """Its camera is still judged by this node (one handed over meanwhile is its new
+        holder's to alert on)."""
+        return self._judged is None or self._judged(*_camera(d))
+
     def _announce_waiting(self) -> None:
         """Apply the decisions waiting, not yet applied in memory, to the alerts the node
         shows (API, live feed): a camera that goes offline while PostgreSQL is away is an
         open alert at once, not when the database returns."""
-        fresh = [d for d, _ in self._decisions[self._announced:]
-                 if self._judged is None or self._judged(*_camera(d))]
+        fresh = [d for d, _ in self._decisions[self._announced:] if self._ours(d)]
         self._announced = len(self._decisions)
         if fresh:
             self._alerts.announce(fresh)
