@@ -587,3 +587,13 @@ def test_secret_repr_and_str() -> None:
     secret = Secret(PASSWORD)
     assert repr(secret) == "Secret('***')" and str(secret) == "***" and f"{secret}" == "***"
     assert secret.reveal() == PASSWORD
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0.5s", "api.token_snapshot_every: "),  # below a second: the database read each time
+    ("2h", "api.token_snapshot_every: "),  # above an hour: a stale snapshot for too long
+    ("often", "api.token_snapshot_every: "),
+])
+def test_bad_token_snapshot_interval_is_reported_on_its_path(value: str, expected: str) -> None:
+    problem = one_problem({"sites": [site()], "api": {"token_snapshot_every": value}})
+    assert problem.startswith(expected), problem
