@@ -169,6 +169,11 @@ class Alert:
 _COLUMNS = ", ".join(Alert.__slots__)
 COLUMNS = _COLUMNS  # for the statements of other modules that return alerts
 UNRESOLVED = f"SELECT {_COLUMNS} FROM alerts WHERE state <> 'resolved'"
+# Alerts written (any state) by transactions at or above $1, a snapshot's xmin (migration
+# 0012 says why that misses nothing).
+CHANGED_SINCE = f"SELECT {_COLUMNS} FROM alerts WHERE changed_xid >= $1::text::xid8"
+# Transaction ids as bigint (xid8 is 64 bits, epoch included, and never wraps around).
+SNAPSHOT_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 def silence_matches(alert: str, at: str) -> str:
