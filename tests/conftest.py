@@ -5,17 +5,20 @@ a Mosquitto broker of our own on a free port (or the one on 127.0.0.1:1883 if th
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.pg import temporary_database
 from vigie.config import Config, parse_config
@@ -37,6 +40,35 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+class Publisher:
+    """A device-side MQTT client: QoS 1, as fast as the broker takes it (paho's own thread)."""
+
+    def __init__(self, mqtt_url: str) -> None:
+        host, port = mqtt_url.removeprefix("mqtt://").split(":")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"pub-{uuid.uuid4().hex[:8]}")
+        self.client.max_inflight_messages_set(1_000)
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def publish(self, topic: str, payloads: Sequence[dict[str, Any]]) -> list[Any]:
+        return [self.client.publish(topic, json.dumps(p).encode(), qos=1) for p in payloads]
+
+    async def wait(self, infos: list[Any]) -> None:
+        """Until the broker has acknowledged them all (it then holds them for vigie)."""
+
+        def wait_all() -> None:
+            for info in infos:
+                info.wait_for_publish(30)
+                assert info.is_published()
+
+        await asyncio.to_thread(wait_all)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 class Mosquitto:

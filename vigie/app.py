@@ -548,6 +548,7 @@ async def _api(node: Node) -> AsyncIterator[None]:
     config.node.data_dir.mkdir(parents=True, exist_ok=True)
     tokens = await TokenSnapshot.load(config.node.data_dir / TOKEN_SNAPSHOT,
                                       database_up=node.store.available)
+    node.metrics.token_snapshot_age.set_function(lambda: tokens.age(node.clock()))
     ctx = ApiContext(config=config, store=node.store, alerts=node.alerts, metrics=node.metrics,
                      auth=Authenticator(node.store, config.api.auth_failures_per_minute,
                                         tokens),

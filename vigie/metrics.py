@@ -54,6 +54,11 @@ class Metrics:
         self.db_errors = Counter(
             "vigie_db_errors", "Database operations that failed", ["operation"], registry=r)
         self.db_up = Gauge("vigie_db_up", "1 while the database answers", registry=r)
+        # How old the valid tokens the API trusts while the database is away are: a token
+        # revoked since is still accepted then. NaN until one list was read (or loaded).
+        self.token_snapshot_age = Gauge(
+            "vigie_api_token_snapshot_age_seconds",
+            "Seconds since the API token snapshot was read from the database", registry=r)
         # Reliability: the local spool (PostgreSQL away) and the length of every queue.
         self.spool_bytes = Gauge(
             "vigie_spool_bytes", "Bytes in the local spool, waiting for the database",

@@ -4,6 +4,7 @@ PostgreSQL is away. The file and lookups as pure logic, then the rounds on a rea
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import stat
 from datetime import UTC, datetime, timedelta
@@ -135,6 +136,9 @@ async def test_load_never_fails_and_says_why(tmp_path: Path,
     good = await TokenSnapshot.load(path)
     assert good.complete and good.taken_at == NOW and good.find(TOKEN, NOW) is not None
     assert TOKEN not in caplog.text
+    # Its age counts from when an earlier run read it from the database; none read: NaN.
+    assert good.age(NOW + timedelta(minutes=3)) == 180.0
+    assert math.isnan(missing.age(NOW)) and math.isnan(corrupt.age(NOW))
 
 
 def test_learned_from_the_database_ahead_of_the_next_round() -> None:

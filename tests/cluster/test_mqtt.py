@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import paho.mqtt.client as paho
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import SITES, eventually, make_config
+from tests.conftest import SITES, Publisher, eventually, make_config
 from vigie.app import Node, running_node
 
 pytestmark = pytest.mark.timeout(300)
@@ -111,16 +109,11 @@ async def cluster_factory(fresh_dsn: str, mqtt_url: str) -> AsyncIterator[Any]:
         await c.close()
 
 
-class Publisher:
+class Streamer(Publisher):
     """Devices: QoS 1 events at a steady rate, from a thread of their own."""
 
     def __init__(self, mqtt_url: str) -> None:
-        host, port = mqtt_url.removeprefix("mqtt://").split(":")
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"pub-{uuid.uuid4().hex[:8]}")
-        self.client.max_inflight_messages_set(1_000)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
+        super().__init__(mqtt_url)
         self.sent = 0
 
     async def stream(self, cluster: Cluster, n: int, rate: float, with_id: bool) -> None:
@@ -132,26 +125,15 @@ class Publisher:
             payload: dict[str, Any] = {"state": "closed", "kind": "door", "data": {"n": i}}
             if with_id:
                 payload["id"] = f"evt-{i}"
-            infos.append(self.client.publish(cluster.topic(site, sensor),
-                                             json.dumps(payload).encode(), qos=1))
+            infos += self.publish(cluster.topic(site, sensor), [payload])
             self.sent += 1
             await asyncio.sleep(1 / rate)
-
-        def acknowledged() -> None:
-            for info in infos:
-                info.wait_for_publish(30)
-                assert info.is_published()
-
-        await asyncio.to_thread(acknowledged)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        await self.wait(infos)
 
 
 @pytest.fixture
-def publisher(mqtt_url: str) -> Iterator[Publisher]:
-    pub = Publisher(mqtt_url)
+def publisher(mqtt_url: str) -> Iterator[Streamer]:
+    pub = Streamer(mqtt_url)
     yield pub
     pub.close()
 
@@ -172,7 +154,7 @@ async def _all_stored(dsn: str, n: int) -> bool:
 
 
 async def test_shared_subscriptions_spread_events_and_store_each_once_as_nodes_leave_and_join(
-        cluster_factory: Any, publisher: Publisher, fresh_dsn: str) -> None:
+        cluster_factory: Any, publisher: Streamer, fresh_dsn: str) -> None:
     cluster = cluster_factory()
     for name in ("n1", "n2", "n3"):
         node = await cluster.start(name)
@@ -201,7 +183,7 @@ async def test_shared_subscriptions_spread_events_and_store_each_once_as_nodes_l
 
 
 async def test_a_sigkilled_node_restarted_under_its_name_stores_its_share_lost_nothing(
-        cluster_factory: Any, publisher: Publisher, fresh_dsn: str) -> None:
+        cluster_factory: Any, publisher: Streamer, fresh_dsn: str) -> None:
     cluster = cluster_factory()
     for name in ("n1", "n2"):
         node = await cluster.start(name)
@@ -237,7 +219,7 @@ async def _subscribed(dsn: str, name: str) -> bool:
 
 
 async def test_elected_subscriber_fails_over_to_a_standby_without_losing_events(
-        cluster_factory: Any, publisher: Publisher, fresh_dsn: str) -> None:
+        cluster_factory: Any, publisher: Streamer, fresh_dsn: str) -> None:
     cluster = cluster_factory(mqtt="elected")
     leader = cluster.spawn("p")
     await eventually(lambda: _subscribed(fresh_dsn, "p"), timeout=60)
@@ -268,7 +250,7 @@ async def _true(value: bool) -> bool:
 
 
 async def test_alarms_spread_over_nodes_make_one_alert_and_silence_is_judged_once(
-        cluster_factory: Any, publisher: Publisher, fresh_dsn: str) -> None:
+        cluster_factory: Any, publisher: Streamer, fresh_dsn: str) -> None:
     cluster = cluster_factory()
     nodes = []
     for name in ("n1", "n2", "n3"):

@@ -8,6 +8,7 @@ the snapshot on disk forgets it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ async def test_a_stale_snapshot_lasts_until_postgres_answers_again(
         assert await _status(http, alerts, kept) == 200
         assert await _status(http, alerts, stale) == 200  # the bound: not heard of yet
         assert node.config.api.token_snapshot_every == 30.0
+        # What an SRE watches: the snapshot in use is older than this run (read by the last).
+        age = node.metrics.registry.get_sample_value("vigie_api_token_snapshot_age_seconds")
+        assert age is not None and age >= time.monotonic() - node.started_at
 
         pg_cluster.start()
         await eventually(lambda: _async(node.store.available), timeout=60)
@@ -70,3 +74,5 @@ async def test_a_stale_snapshot_lasts_until_postgres_answers_again(
         assert await _status(http, alerts, stale) == 401
         assert await _status(http, alerts, kept) == 200
         await eventually(lambda: _async(_names(path) == {"csu"}), timeout=5)
+        fresh = node.metrics.registry.get_sample_value("vigie_api_token_snapshot_age_seconds")
+        assert fresh is not None and fresh < age

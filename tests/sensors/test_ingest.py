@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import threading
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import asyncpg
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import SITES, eventually, make_config
+from tests.conftest import SITES, Publisher, eventually, make_config
 from vigie.app import Node, running_node
 from vigie.config import Config
 
@@ -51,35 +47,6 @@ async def terminate(db: asyncpg.Connection) -> int:
 async def writer_blocked(db: asyncpg.Connection) -> bool:
     await db.execute("SELECT pg_stat_clear_snapshot()")
     return bool(await db.fetchval(WRITER_BLOCKED))
-
-
-class Publisher:
-    """A device-side MQTT client: QoS 1, as fast as the broker takes it."""
-
-    def __init__(self, mqtt_url: str) -> None:
-        host, port = mqtt_url.removeprefix("mqtt://").split(":")
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"pub-{uuid.uuid4().hex[:8]}")
-        self.client.max_inflight_messages_set(1_000)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-
-    def publish(self, topic: str, payloads: Sequence[dict[str, Any]]) -> list[Any]:
-        return [self.client.publish(topic, json.dumps(p).encode(), qos=1) for p in payloads]
-
-    async def wait(self, infos: list[Any]) -> None:
-        """Until the broker has acknowledged them all (it then holds them for vigie)."""
-
-        def wait_all() -> None:
-            for info in infos:
-                info.wait_for_publish(30)
-                assert info.is_published()
-
-        await asyncio.to_thread(wait_all)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -147,9 +147,7 @@ class StormGuard:
         storm waits (up to `window`) for the rest of its cameras: if they follow, they land
         together with the site alert. A resolve of a held raise cancels it (it was never
         raised: a camera back within the window is never paged)."""
-        if self.config.window <= 0:
-            return list(decisions)
-        now = time.monotonic()
+        now = time.monotonic()  # config.window is a positive duration: always a hold
         out: list[Decision] = []
         for d in decisions:
             if isinstance(d, Raise):

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -180,6 +181,11 @@ class TokenSnapshot:
         log.info("API token snapshot: %d valid token(s) as of %s", len(snapshot.tokens),
                  snapshot.taken_at.isoformat(timespec="seconds"))
         return snapshot
+
+    def age(self, now: datetime) -> float:
+        """Seconds since the tokens were read from the database (this run or, loaded from
+        the file, an earlier one); NaN if they never were."""
+        return (now - self.taken_at).total_seconds() if self.taken_at else math.nan
 
     def find(self, token: str, now: datetime) -> KnownToken | None:
         """The token's entry if it is valid now; None if not. StoreUnavailable if this node
