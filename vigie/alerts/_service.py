@@ -197,22 +197,17 @@ class AlertService:
             # Full: the first look, after a failed one, or the database went back in time
             # (restored from a dump: its transaction ids start again).
             full = since is None or xmin < since
-            read = await self._read(conn, q.UNRESOLVED if full else q.CHANGED_SINCE,
-                                    () if full else (str(since),), known)
+            sql, args = (q.UNRESOLVED, ()) if full else (q.CHANGED_SINCE, (str(since),))
+            read = await self._read(conn, sql, args, known)
         if full:
             fresh = {a.fingerprint: a for a in read}
-            unresolved = set(fresh)
         else:
-            fresh, unresolved = dict(known), set(self._unresolved)
-            # The resolved first: a fingerprint's new alert outlives its old one's resolve.
+            fresh = dict(known)
+            # The resolved first: a fingerprint's new alert outlives its old one's resolve
+            # (and a resolved alert written again, a late snapshot, removes nothing: ids).
             for alert in sorted(read, key=lambda a: a.state != "resolved"):
                 _put(fresh, alert)
-            # A resolved alert written again (a late comment) must not hide the unresolved
-            # one its fingerprint has now: only a fingerprint left with none is dropped.
-            unresolved.difference_update(
-                a.fingerprint for a in read if a.fingerprint not in fresh)
-            unresolved.update(fresh)
-        self._unresolved = unresolved | before | self._added_since_refresh
+        self._unresolved = set(fresh) | before | self._added_since_refresh
         # Changes committed while the query ran are newer than its snapshot; those decided
         # in memory, not stored yet (the spool is being replayed), are ahead of it.
         for alert in (*self._changed_since_refresh.values(), *self.provisional.values()):
