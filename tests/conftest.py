@@ -42,16 +42,22 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def device_client(mqtt_url: str, max_inflight: int | None = None) -> paho.Client:
+    """A device-side MQTT client, connected, its network loop in paho's own thread."""
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    if max_inflight is not None:  # paho takes it only before connecting
+        client.max_inflight_messages_set(max_inflight)
+    client.connect(host, int(port))
+    client.loop_start()
+    return client
+
+
 class Publisher:
     """A device-side MQTT client: QoS 1, as fast as the broker takes it (paho's own thread)."""
 
     def __init__(self, mqtt_url: str) -> None:
-        host, port = mqtt_url.removeprefix("mqtt://").split(":")
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"pub-{uuid.uuid4().hex[:8]}")
-        self.client.max_inflight_messages_set(1_000)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
+        self.client = device_client(mqtt_url, max_inflight=1_000)
 
     def publish(self, topic: str, payloads: Sequence[dict[str, Any]]) -> list[Any]:
         return [self.client.publish(topic, json.dumps(p).encode(), qos=1) for p in payloads]

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import eventually, free_port, make_config
-from tests.test_node_e2e import publish, publisher, topic
+from tests.conftest import device_client, eventually, free_port, make_config
+from tests.test_node_e2e import publish, topic
 from vigie.api._token_snapshot import KnownToken, decode, encode, write_file
 from vigie.app import running_node
 from vigie.store._tokens import create_token, revoke_token, token_hash
@@ -30,7 +30,7 @@ async def test_a_node_comes_up_without_its_database_and_stops_cleanly(
 ) -> None:
     nowhere = f"postgresql://vigie@127.0.0.1:{free_port()}/vigie"  # nothing listens there
     config = make_config(nowhere, mqtt_url, cluster={"enabled": cluster})
-    client = publisher(mqtt_url)
+    client = device_client(mqtt_url)
     try:
         async with running_node(config) as node, aiohttp.ClientSession() as http:
             async with http.get(node.api_url + "/healthz") as r:
@@ -103,7 +103,7 @@ async def test_a_node_restarted_during_an_outage_authenticates_from_its_token_sn
     nowhere = f"postgresql://vigie@127.0.0.1:{free_port()}/vigie"  # nothing listens there
     config = make_config(nowhere, mqtt_url, node={"data_dir": str(config.node.data_dir)},
                          api={"auth_failures_per_minute": 5})
-    client = publisher(mqtt_url)
+    client = device_client(mqtt_url)
     try:
         async with running_node(config) as node, aiohttp.ClientSession() as http:
             assert not node.store.available

@@ -12,20 +12,11 @@ from typing import Any
 import aiohttp
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import eventually, make_config
+from tests.conftest import device_client, eventually, make_config
 from vigie.app import Node, running_node
 from vigie.config import Config
 from vigie.store._tokens import create_token
-
-
-def publisher(mqtt_url: str) -> paho.Client:
-    host, port = mqtt_url.removeprefix("mqtt://").split(":")
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
-    client.connect(host, int(port))
-    client.loop_start()
-    return client
 
 
 def publish(client: paho.Client, topic: str, payload: Any) -> None:
@@ -76,7 +67,7 @@ async def count(node: Node, sql: str, *args: Any) -> int:
 
 
 async def test_intrusion_raises_one_alert_with_count_and_history(node: Node, api: Api) -> None:
-    pub = publisher(node.config.mqtt.url)
+    pub = device_client(node.config.mqtt.url)
     t0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
     for i in range(3):
         publish(pub, topic(node.config, "clg-jean-moulin", "centrale-a"), {
@@ -128,7 +119,7 @@ async def _eq(value: Any, expected: Any) -> bool:
 
 
 async def test_redelivered_event_is_stored_once(node: Node) -> None:
-    pub = publisher(node.config.mqtt.url)
+    pub = device_client(node.config.mqtt.url)
     payload = {"id": "dup-1", "ts": "2026-11-28T10:00:00+01:00", "state": "open"}
     for _ in range(3):
         publish(pub, topic(node.config, "clg-pasteur", "porte-gymnase"), payload)
@@ -146,7 +137,7 @@ async def test_redelivered_event_is_stored_once(node: Node) -> None:
 async def test_malformed_messages_are_dead_lettered_and_ingest_goes_on(
     node: Node, api: Api
 ) -> None:
-    pub = publisher(node.config.mqtt.url)
+    pub = device_client(node.config.mqtt.url)
     prefix = node.config.mqtt.topic_prefix
     bad = [
         (f"{prefix}/clg-pasteur/centrale/event", b"{not json"),
@@ -189,7 +180,7 @@ async def _rows(node: Node, sql: str) -> list[Any]:
 
 
 async def test_zigbee2mqtt_door_battery_and_availability(node: Node, api: Api) -> None:
-    pub = publisher(node.config.mqtt.url)
+    pub = device_client(node.config.mqtt.url)
     z2m = "zigbee2mqtt/clg-jean-moulin/contact-cour"
     publish(pub, z2m, {"contact": False, "battery": 12, "linkquality": 90,
                        "last_seen": "2026-11-28T22:00:00+01:00"})
@@ -220,7 +211,7 @@ async def _kinds_are(api: Api, kinds: set[str]) -> bool:
 
 
 async def test_door_severity_depends_on_opening_hours(node: Node, api: Api) -> None:
-    pub = publisher(node.config.mqtt.url)
+    pub = device_client(node.config.mqtt.url)
     # Thursday 10:00 in Versailles: open → info. Saturday 03:00: closed → critical.
     publish(pub, topic(node.config, "clg-jean-moulin", "porte-hall"),
             {"id": "d1", "ts": "2026-11-26T10:00:00+01:00", "state": "open"})

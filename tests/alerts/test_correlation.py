@@ -249,7 +249,8 @@ async def test_end_to_end_with_a_real_camera(fresh_dsn: str, mqtt_url: str) -> N
     """A node watching a camera (a clip replayed by its worker) in the intrusion sensor's
     zone: the alarm published over MQTT gets two fresh frames of it, served by the API."""
     from tests.cameras.clips import FfmpegMissing, clip
-    from tests.test_node_e2e import publish, publisher, token, topic
+    from tests.conftest import device_client
+    from tests.test_node_e2e import publish, token, topic
 
     try:
         video = clip("h264", seconds=20)
@@ -265,7 +266,7 @@ async def test_end_to_end_with_a_real_camera(fresh_dsn: str, mqtt_url: str) -> N
         state = node.cameras.cameras[f"{JM}/hall"]
         await eventually(lambda: _true(state.sample is not None
                                        and state.sample.snapshot_at is not None), timeout=30)
-        pub = publisher(config.mqtt.url)
+        pub = device_client(config.mqtt.url)
         try:
             publish(pub, topic(config, JM, "centrale-a"), {
                 "id": uuid.uuid4().hex, "kind": "intrusion", "state": "alarm",

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.cluster.test_mqtt import Publisher, _stored, _subscribed, cluster_factory, publisher
+from tests.cluster.test_mqtt import Streamer, _stored, _subscribed, cluster_factory, publisher
 from tests.conftest import eventually
 
 __all__ = ["cluster_factory", "publisher"]  # the fixtures, used here by name
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 async def test_a_dead_nodes_share_waits_in_its_session_and_a_node_of_its_name_stores_it(
-        cluster_factory: Any, publisher: Publisher, fresh_dsn: str,
+        cluster_factory: Any, publisher: Streamer, fresh_dsn: str,
         caplog: pytest.LogCaptureFixture) -> None:
     cluster = cluster_factory()
     survivor = await cluster.start("n1")

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.cameras.harness import RtspServer
-from tests.conftest import SITES, free_port, make_config, wait_port
+from tests.conftest import SITES, device_client, free_port, make_config, wait_port
 from tests.deploy.conftest import DEPLOY, tool
 from vigie.app import Node, running_node
 from vigie.store._tokens import create_token
@@ -72,13 +70,8 @@ class Publisher:
     """Sensor traffic on the node's topics, as a site's devices would send it."""
 
     def __init__(self, node: Node) -> None:
-        url = node.config.mqtt.url
-        host, port = url.removeprefix("mqtt://").split(":")
         self.prefix = node.config.mqtt.topic_prefix
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"pub-{uuid.uuid4().hex[:8]}")
-        self.client.connect(host, int(port))
-        self.client.loop_start()
+        self.client = device_client(node.config.mqtt.url)
 
     def event(self, site: str, sensor: str, kind: str, state: str, **extra: Any) -> None:
         payload = {"id": uuid.uuid4().hex, "ts": datetime.now(UTC).isoformat(), "kind": kind,

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
-from tests.conftest import eventually, make_config
+from tests.conftest import device_client, eventually, make_config
 from tests.notify.conftest import SECRET, URL_PASSWORD, Alertmanager, Receiver
-from tests.test_node_e2e import publish, publisher, token, topic
+from tests.test_node_e2e import publish, token, topic
 from vigie.app import Node, running_node
 
 JM = "clg-jean-moulin"
@@ -42,7 +42,7 @@ async def _all_sending(node: Node) -> bool:
 
 async def test_from_mqtt_to_the_webhook_and_alertmanager_and_back(
         node: Node, receiver: Receiver, alertmanager: Alertmanager) -> None:
-    pub = publisher(node.config.mqtt.url)
+    pub = device_client(node.config.mqtt.url)
     try:
         publish(pub, topic(node.config, JM, "centrale-a"), {
             "id": f"evt-{uuid.uuid4().hex[:8]}", "kind": "intrusion", "state": "alarm",
